@@ -1,0 +1,97 @@
+"""Problem 1 models: torchvision ResNet backbones, backbone files, and the Office-Home classifier."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import UserError
+
+ARCHS = ("resnet50", "resnet18")
+FEATURE_DIM = {"resnet50": 2048, "resnet18": 512}
+
+
+def build_resnet(arch: str, num_classes: int = 1000) -> torchvision.models.ResNet:
+    """A randomly initialised torchvision ResNet (`weights=None`: no download)."""
+    if arch not in ARCHS:
+        raise UserError("--arch", f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHS)}")
+    return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+
+
+def backbone_state(model: torchvision.models.ResNet) -> dict[str, torch.Tensor]:
+    """The plain torchvision `state_dict` without `fc`: what a backbone file holds."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def guess_arch(state: dict[str, torch.Tensor]) -> str:
+    """resnet50 has bottleneck blocks (conv3) and 2048-d layer4; resnet18 does not."""
+    if "layer1.0.conv3.weight" in state:
+        return "resnet50"
+    if "layer1.0.conv1.weight" in state:
+        return "resnet18"
+    return "unknown (not a torchvision ResNet state_dict)"
+
+
+def load_backbone_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a backbone file: a plain `state_dict`, or one of our checkpoints holding `backbone`/`model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "backbone file not found", "pass --backbone FILE (see README: pre-training)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(path, f"not a readable weights file ({type(err).__name__})", "re-download or re-export it") from err
+    if isinstance(state, dict) and "backbone" in state:
+        state = state["backbone"]
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = {k.removeprefix("net."): v for k, v in state["model"].items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(path, "does not hold a state_dict", "a backbone file is torchvision resnet50's state_dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_into(model: torchvision.models.ResNet, path: str | os.PathLike, arch: str) -> None:
+    """Load a backbone file into `model`, ignoring `fc`; another architecture is an error naming both."""
+    state = load_backbone_file(path)
+    found = guess_arch(state)
+    if found != arch:
+        raise UserError(path, f"backbone is {found} but --arch is {arch}", f"pass --arch {found} or another backbone file")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise UserError(path, f"backbone keys do not match {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                        "export the backbone with p1_pretrain.py")
+
+
+class Classifier(nn.Module):
+    """A ResNet whose `fc` predicts `num_classes`; `frozen` keeps the backbone fixed and in eval mode."""
+
+    def __init__(self, arch: str, num_classes: int, frozen: bool = False) -> None:
+        super().__init__()
+        self.arch, self.frozen = arch, frozen
+        self.net = build_resnet(arch, num_classes)
+        if frozen:
+            for name, p in self.net.named_parameters():
+                p.requires_grad = name.startswith("fc.")
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen:  # BN running statistics of a frozen backbone must not move
+            for name, module in self.net.named_children():
+                if name != "fc":
+                    module.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The second-last layer: the pooled feature before `fc` (2048-d for resnet50)."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return torch.flatten(n.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,105 @@
+"""Fine-tune a ResNet on Office-Home (65 classes) in one of the report's settings A–E.
+
+  A  no pre-training, train the full model
+  B  supervised backbone (the course's given file), train the full model
+  C  our BYOL backbone, train the full model
+  D  supervised backbone, frozen (weights and BN statistics), train the classifier only
+  E  our BYOL backbone, frozen, train the classifier only
+
+Writes OUT/{first,last,best}.pt, OUT/log.csv (loss, train acc, val acc per epoch) and appends the
+final validation accuracy to --results.
+
+    python p1_finetune.py --setting C --backbone runs/pretrain/backbone_last.pt --out runs/finetune_C
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hw1 import data, engine, io
+from hw1.errors import UserError, run_main
+from hw1.models import ARCHS, Classifier, load_backbone_into
+
+SETTINGS = {  # setting: (needs a backbone, backbone frozen)
+    "A": (False, False), "B": (True, False), "C": (True, False), "D": (True, True), "E": (True, True),
+}
+DEFAULT_BACKBONES = {"B": "hw1_data/p1_data/pretrain_model_SL.pt", "D": "hw1_data/p1_data/pretrain_model_SL.pt",
+                     "C": "runs/pretrain/backbone_last.pt", "E": "runs/pretrain/backbone_last.pt"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine.add_common_args(parser, epochs=100, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E")
+    parser.add_argument("--backbone", default=None,
+                        help="backbone state_dict for B–E (default: B/D the course's pretrain_model_SL.pt, "
+                             "C/E runs/pretrain/backbone_last.pt)")
+    parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
+    parser.add_argument("--results", default="runs/p1_results.csv", help="append the final accuracy here (default: %(default)s)")
+    return parser
+
+
+def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
+    needs_backbone, frozen = SETTINGS[args.setting]
+    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=frozen)
+    if not needs_backbone:
+        if args.backbone:
+            raise UserError("--backbone", "setting A trains from random initialisation", "drop --backbone or pick B–E")
+        return model, "none"
+    path = args.backbone or DEFAULT_BACKBONES[args.setting]
+    load_backbone_into(model.net, path, args.arch)
+    return model, str(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    dist, device = engine.init_distributed(args.device)
+    engine.seed_everything(args.seed)
+    model, backbone = build_classifier(args)
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+
+    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size))
+    val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
+    loader = engine.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
+    val_loader = engine.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
+
+    def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(m(images), labels)
+
+    def evaluate(m: torch.nn.Module, epoch: int) -> dict:
+        """Validation accuracy, summed over ranks (each rank sees its share of the val set)."""
+        counts = torch.zeros(2, device=device)
+        for images, labels in val_loader:
+            images, labels = engine.to_device((images, labels), device)
+            counts += torch.stack([(m(images).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)]).float()
+        correct, total = engine.all_reduce_sum(counts).tolist()
+        return {"val_acc": correct / total}
+
+    task = engine.Task(
+        model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True,
+        meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
+              "image_size": args.image_size, "setting": args.setting, "backbone": backbone},
+    )
+    if dist.is_main:
+        frozen = "backbone frozen" if model.frozen else "full model"
+        print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / {len(val_set)} val images, {device}")
+    history = engine.fit(args, task, loader, dist, device)
+    if dist.is_main and history:
+        final = history[-1].get("val_acc", float("nan"))
+        best = max(r.get("val_acc", 0.0) for r in history)
+        print(f"setting {args.setting}: final val acc {final:.4f} (best {best:.4f}) — checkpoints in {args.out}")
+        io.append_csv_row(args.results, {
+            "setting": args.setting, "arch": args.arch, "backbone": backbone, "val_acc": final, "best_val_acc": best,
+            "epochs": history[-1]["epoch"], "steps": history[-1]["step"], "out": str(Path(args.out)),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        })
+    engine.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_main(main)()
