@@ -52,6 +52,8 @@ def add_common_args(
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (default: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model (default: off)")
     g.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    g.add_argument("--print-model", action="store_true",
+                   help="write the module tree and parameter counts to OUT/model.txt and stdout, then exit without training")
 
 
 # ---------------------------------------------------------------- device, seeds, DDP
@@ -243,13 +245,14 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int],
     return factor
 
 
-def schedule_lengths(args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int]:
+def schedule_lengths(args: argparse.Namespace, steps_per_epoch: int, verbose: bool = True) -> tuple[int, int]:
     """(warm-up, total) steps; a warm-up longer than a short run is cut to a tenth of it, with a note."""
     total = steps_per_epoch * args.epochs
     warmup = args.warmup_steps
     if warmup >= total:
         warmup = max(1, total // 10)
-        print(f"note: warm-up of {args.warmup_steps} steps exceeds the run's {total} steps; using {warmup}")
+        if verbose:
+            print(f"note: warm-up of {args.warmup_steps} steps exceeds the run's {total} steps; using {warmup}")
     return warmup, total
 
 
@@ -363,13 +366,19 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
     """Train `task.model` with AdamW + warm-up/cosine; log, checkpoint and resume. Returns the epoch log."""
     out = Path(args.out)
     model = task.model
+    if getattr(args, "print_model", False):
+        if dist.is_main:
+            text = describe_model(model)
+            io.write_text(out / "model.txt", text)
+            print(text + f"\nwrote {out / 'model.txt'}")
+        return []
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, args, device)
     sampler: EpochSampler = loader.sampler  # type: ignore[assignment]
     steps_per_epoch = sampler.batches_per_epoch()
     if steps_per_epoch == 0:
         raise UserError(args.data_root, "no training batches (the training set is empty)", "check --data-root")
-    warmup, total = schedule_lengths(args, steps_per_epoch)
+    warmup, total = schedule_lengths(args, steps_per_epoch, verbose=dist.is_main)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(warmup, total))
 
     start_epoch, start_batch, step, best = 0, 0, 0, -math.inf
@@ -476,6 +485,25 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                 print(_describe(record))
                 WARNINGS.flush()
     return history
+
+
+def describe_model(model: nn.Module) -> str:
+    """The module tree, then total and trainable parameter counts, overall and per top-level child."""
+    def count(m: nn.Module) -> tuple[int, int]:
+        ps = list(m.parameters())
+        return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
+
+    total, trainable = count(model)
+    prefix, root = "", model
+    while len(children := list(root.named_children())) == 1:  # a wrapper (e.g. Classifier.net): list its parts
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}"]
+    for name, child in children:
+        n, t = count(child)
+        lines.append(f"{prefix + name:<32} {n:>14,} {t:>14,}")
+    lines += [f"{'total':<32} {total:>14,} {trainable:>14,}",
+              f"parameters: {total:,} total, {trainable:,} trainable"]
+    return "\n".join(lines) + "\n"
 
 
 def _raise_if_diverged(first_bad: torch.Tensor, out: Path) -> None:
