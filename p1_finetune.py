@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import data, engine, io
+from hw1 import cache, data, engine, io
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
 
@@ -40,6 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "C/E runs/pretrain/backbone_last.pt)")
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
     parser.add_argument("--results", default="runs/p1_results.csv", help="append the final accuracy here (default: %(default)s)")
+    cache.add_cache_args(parser)
     return parser
 
 
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     model, backbone = build_classifier(args)
     model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
 
-    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size))
+    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
+    barrier = torch.distributed.barrier if dist.enabled else None
+    train_set = cache.maybe_cached(args, train_set, "office_train", is_main=dist.is_main, barrier=barrier)
+    val_set = cache.maybe_cached(args, val_set, "office_val", is_main=dist.is_main, barrier=barrier)
     loader = engine.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
     val_loader = engine.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
 

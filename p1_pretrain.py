@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import data, engine
+from hw1 import cache, data, engine
 from hw1.byol import TargetEMA, TwoViews, build_byol
+from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
 from hw1.metrics import knn_accuracy
 from hw1.models import ARCHS, backbone_state, build_resnet
@@ -32,6 +33,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--simplicial", action="store_true", help="byol-pytorch's simplicial embeddings (not BYOL; off)")
     parser.add_argument("--knn-k", type=int, default=20, help="k of the Office-Home kNN monitor (default: %(default)s)")
+    parser.add_argument("--gpu-aug", action=argparse.BooleanOptionalAction, default=None,
+                        help="BYOL views as batched tensor ops on the training device, from uint8 batches "
+                             "(default: on with CUDA); --no-gpu-aug: per-sample PIL/torchvision in the loader workers")
+    cache.add_cache_args(parser)
     return parser
 
 
@@ -53,23 +58,40 @@ def knn_monitor(args: argparse.Namespace, device: torch.device):
     return evaluate
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
-    dist, device = engine.init_distributed(args.device)
-    engine.seed_everything(args.seed)
+def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> tuple[engine.Task, torch.utils.data.DataLoader]:
+    """The pre-training task and its loader (bench.py times exactly this)."""
     out = Path(args.out)
     paths = data.mini_paths(args.data_root)
     knn = knn_monitor(args, device)
+    barrier = torch.distributed.barrier if dist.enabled else None
+    extra_state = load_extra_state = None
 
     if args.method == "byol":
-        dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size))
-        model = build_byol(args.arch, args.image_size, device, projection_size=args.projection_size,
+        gpu_aug = device.type == "cuda" if args.gpu_aug is None else args.gpu_aug
+        if gpu_aug:  # the loader yields uint8 images; the model's augment hooks make the two views
+            dataset = (cache.cached_dataset(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
+                       or cache.DecodedImages(paths, cache.image_side(paths)))
+            views = batch_views(args.image_size, seed=args.seed * 1009 + dist.rank)
+            generator = views[0].generator  # its state goes into the checkpoint, so a resume draws the same views
+
+            def extra_state() -> dict:
+                return {"aug_rng": generator.get_state()}
+
+            def load_extra_state(state: dict) -> None:
+                if "aug_rng" in state:
+                    generator.set_state(state["aug_rng"])
+        else:
+            views = None
+            dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)
+            dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
+        model = build_byol(args.arch, args.image_size, device, augment_fns=views, projection_size=args.projection_size,
                            projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial)
         backbone = model.net
         loss_fn = lambda m, batch: m(batch[0])  # noqa: E731 - BYOL returns its symmetric loss
     else:
         labels = [data.mini_label(p) for p in paths]
-        dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(args.image_size))
+        dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(args.image_size), skip_unreadable=True)
+        dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
         model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device)
         backbone = model
         loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
@@ -90,7 +112,18 @@ def main(argv: list[str] | None = None) -> None:
         meta={"task": f"pretrain-{args.method}", "arch": args.arch, "image_size": args.image_size},
         evaluate=(lambda m, epoch: knn(backbone)) if knn else None, monitor="knn_acc" if knn else None,
         after_step=after_step, on_epoch_end=export_backbone, keep_first=True,
+        extra_state=extra_state, load_extra_state=load_extra_state,
     )
+    return task, loader
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    dist, device = engine.init_distributed(args.device)
+    engine.seed_everything(args.seed)
+    task, loader = setup(args, dist, device)
+    dataset = loader.dataset.dataset  # inside engine.Seeded
+    out = Path(args.out)
     if dist.is_main:
         print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {dist.world_size}")
     engine.fit(args, task, loader, dist, device)

@@ -62,7 +62,9 @@ class SelectView(nn.Module):
         self.index = index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, self.index] if x.dim() == 5 else x
+        x = x[:, self.index] if x.dim() == 5 else x
+        # The view is a strided slice; on CUDA hand the channels_last network one copy in its own layout.
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
 class _AllReduceSum(torch.autograd.Function):

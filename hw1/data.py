@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from .errors import UserError
+from .errors import WARNINGS, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,6 +36,14 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(path, f"unreadable image ({str(err).splitlines()[0][:100]})",
                         "replace or remove the file") from err
+
+
+def data_dir(root: str | os.PathLike, *parts: str) -> Path:
+    """`root/parts…`, failing clearly when the data root itself is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(root, "data root not found", "pass --data-root pointing at hw1_data (it holds p1_data/ and p2_data/)")
+    return root.joinpath(*parts)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -101,25 +109,41 @@ def _parse_label(value: str | None, csv_path: Path, line: int, num_classes: int)
 
 
 class ImageListDataset(Dataset):
-    """Images from a list of paths, with optional integer labels (-1 when unlabelled)."""
+    """Images from a list of paths, with optional integer labels (-1 when unlabelled).
 
-    def __init__(self, paths: list[Path], labels: list[int] | None = None, transform: Callable | None = None) -> None:
-        self.paths, self.transform = paths, transform
+    With `skip_unreadable` (training sets) an unreadable image is counted as a warning and the next
+    readable one is used in its place, so one bad file among thousands does not end a long run.
+    """
+
+    def __init__(self, paths: list[Path], labels: list[int] | None = None, transform: Callable | None = None,
+                 skip_unreadable: bool = False) -> None:
+        self.paths, self.transform, self.skip_unreadable = paths, transform, skip_unreadable
         self.labels = labels if labels is not None else [-1] * len(paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = load_rgb(self.paths[index])
-        return (self.transform(img) if self.transform else img), self.labels[index]
+        for offset in range(len(self.paths) if self.skip_unreadable else 1):
+            i = (index + offset) % len(self.paths)
+            try:
+                img = load_rgb(self.paths[i])
+            except UserError as err:
+                if not self.skip_unreadable:
+                    raise
+                WARNINGS.add("unreadable training image skipped (the next one used instead)", f"{self.paths[i]}: {err.problem}")
+                continue
+            return (self.transform(img) if self.transform else img), self.labels[i]
+        raise UserError(self.paths[index].parent, "no training image could be read", "check the image files")
 
 
-def office_dataset(root: str | os.PathLike, split: str, transform: Callable | None, need_labels: bool = True) -> ImageListDataset:
+def office_dataset(root: str | os.PathLike, split: str, transform: Callable | None, need_labels: bool = True,
+                   skip_unreadable: bool = False) -> ImageListDataset:
     """Office-Home `split` ('train' or 'val') from `root/p1_data/office`."""
-    office = Path(root) / "p1_data" / "office"
+    office = data_dir(root, "p1_data", "office")
     rows = read_image_csv(office / f"{split}.csv", office / split, need_labels=need_labels)
-    return ImageListDataset([office / split / r.filename for r in rows], [r.label if r.label is not None else -1 for r in rows], transform)
+    return ImageListDataset([office / split / r.filename for r in rows], [r.label if r.label is not None else -1 for r in rows],
+                            transform, skip_unreadable)
 
 
 def mini_label(path: Path) -> int:
@@ -132,7 +156,7 @@ def mini_label(path: Path) -> int:
 
 
 def mini_paths(root: str | os.PathLike) -> list[Path]:
-    return list_images(Path(root) / "p1_data" / "mini" / "train")
+    return list_images(data_dir(root, "p1_data", "mini", "train"))
 
 
 def normalize() -> T.Normalize:

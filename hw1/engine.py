@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
 from . import io
@@ -82,6 +82,8 @@ def setup_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not has_cuda:
         raise UserError("--device cuda", "CUDA was requested but no GPU is visible", "use --device cpu or --device auto")
     if name == "auto" and not has_cuda:
+        if local_rank == 0:  # on stdout: stderr is kept for errors and warnings about the user's input
+            print("note: --device auto: no CUDA GPU is visible; running on the CPU")
         return torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")
@@ -201,13 +203,26 @@ class Seeded(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int] | int) -> Any:
-        if isinstance(key, tuple):
-            index, seed = key
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        in_main = get_worker_info() is None  # --workers 0: leave the training process's RNG streams as they were
+        saved = rng_state() if in_main else None
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
             return self.dataset[index]
-        return self.dataset[key]
+        finally:
+            if saved is not None:
+                set_rng_state(saved)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the training process, which checkpoints before it stops
+    (a Ctrl-C or a scheduler's SIGTERM reaches the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, seed: int, dist: Dist,
@@ -218,6 +233,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
         Seeded(dataset), batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=False, persistent_workers=False,
         collate_fn=collate_fn, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
     )
 
 
@@ -309,7 +325,8 @@ def warn_changed_recipe(path: str | os.PathLike, saved: dict, args: argparse.Nam
     changed = [f"{k} {saved[k]}→{getattr(args, k)}" for k in _RECIPE_KEYS
                if k in saved and hasattr(args, k) and _norm(saved[k]) != _norm(getattr(args, k))]
     if changed:
-        print(f"warning: {path}: resuming with other hyper-parameters: {', '.join(changed)}", file=sys.stderr)
+        print(f"warning: {path}: resuming with other hyper-parameters: {', '.join(changed)} (the new values apply "
+              "from here on)", file=sys.stderr)
 
 
 def _norm(v: Any) -> Any:
@@ -372,6 +389,8 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             io.write_text(out / "model.txt", text)
             print(text + f"\nwrote {out / 'model.txt'}")
         return []
+    if dist.is_main:
+        io.ensure_dir(out)  # an unwritable --out fails now, not after the first epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, args, device)
     sampler: EpochSampler = loader.sampler  # type: ignore[assignment]
@@ -381,23 +400,37 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
     warmup, total = schedule_lengths(args, steps_per_epoch, verbose=dist.is_main)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(warmup, total))
 
-    start_epoch, start_batch, step, best = 0, 0, 0, -math.inf
+    start_epoch, start_batch, step, best, resume_rng = 0, 0, 0, -math.inf, None
     if args.resume:
         path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
         if args.resume == "auto" and not path.exists():
             print(f"note: {path} not found; starting from scratch")
         else:
             ckpt = load_checkpoint(path)
+            if missing := [k for k in ("model", "optimizer", "lr_scheduler", "epoch", "step", "rng") if k not in ckpt]:
+                raise UserError(path, f"not a training checkpoint (no {', '.join(missing)})",
+                                "--resume takes the last.pt a training run wrote")
             check_meta(path, ckpt.get("meta", {}), task.meta)
             warn_changed_recipe(path, ckpt.get("args", {}), args)
-            model.load_state_dict(ckpt["model"])
+            try:
+                model.load_state_dict(ckpt["model"])
+            except RuntimeError as err:
+                raise UserError(path, f"weights do not fit this model ({str(err).splitlines()[0][:120]})",
+                                "resume with the flags the checkpoint was trained with") from err
+            flags = [(g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["lr_scheduler"])
+            # The saved optimiser holds the old lr, betas and weight decay: the current flags apply from here on.
+            scheduler.base_lrs = [args.lr] * len(optimizer.param_groups)
+            for group, (betas, weight_decay), factor in zip(optimizer.param_groups, flags, scheduler.lr_lambdas):
+                group.update(betas=betas, weight_decay=weight_decay, initial_lr=args.lr, lr=args.lr * factor(scheduler.last_epoch))
             start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
             best = ckpt.get("best", -math.inf)
             if task.load_extra_state and "extra" in ckpt:
                 task.load_extra_state(ckpt["extra"])
-            set_rng_state(ckpt["rng"])
+            resume_rng = ckpt["rng"]
+            if start_batch == 0:  # a mid-epoch state is restored once that epoch's loader has started
+                set_rng_state(resume_rng)
             if dist.is_main:
                 print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {step}")
 
@@ -428,8 +461,11 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             t0 = time.time()
             loss_sum = torch.zeros((), device=device)
             first_bad = torch.full((), math.inf, device=device)
-            n_steps = 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not dist.is_main,
+            n_steps, stopping = 0, False
+            batches = iter(loader)  # starting a loader draws from the global RNG, as it did before the checkpoint
+            if first_batch and resume_rng is not None:
+                set_rng_state(resume_rng)
+            bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not dist.is_main,
                        leave=False, dynamic_ncols=True)
             for i, batch in enumerate(bar, start=first_batch):
                 batch = task.device_batch(batch, device)
@@ -445,21 +481,22 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                 n_steps += 1
                 loss = loss.detach().float()
                 loss_sum += loss
-                first_bad = torch.where(torch.isfinite(loss), first_bad, torch.minimum(first_bad, torch.tensor(float(step), device=device)))
-                if n_steps % 20 == 0 or step >= max_steps or stop.requested:
-                    _raise_if_diverged(first_bad, out)
+                first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=float(step)))  # no host→device copy: no sync
+                # Ranks agree on stopping (NaN, SIGTERM) at these steps; the last batch of an epoch is one of them.
+                if (n_steps % 20 == 0 or step >= max_steps or i + 1 >= steps_per_epoch
+                        or (stop.requested and not dist.enabled)):
+                    stopping = _agree_to_stop(first_bad, stop.requested, out)
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if stop.requested or step >= max_steps:
+                if stopping or step >= max_steps:
                     break
             bar.close()
-            _raise_if_diverged(first_bad, out)
-            finished_epoch = not stop.requested and i + 1 >= steps_per_epoch if n_steps else True
-            if stop.requested:
+            finished_epoch = i + 1 >= steps_per_epoch if n_steps else True
+            if stopping and not finished_epoch:
+                _raise_if_nonfinite(model, step, out)
                 if dist.is_main:
                     save_checkpoint(out / "last.pt", checkpoint(epoch, i + 1))
                     print(f"saved {out / 'last.pt'} (epoch {epoch + 1}, batch {i + 1}); resume with --resume")
-                cleanup_distributed()
-                sys.exit(143)
+                _exit_stopped()
             mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * dist.world_size)
             record = {"epoch": epoch + 1, "step": step, "train_loss": mean_loss,
                       "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2)}
@@ -472,6 +509,7 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             if improved:
                 best = record[task.monitor]
             history.append(record)
+            _raise_if_nonfinite(model, step, out)
             if dist.is_main:
                 io.append_csv_row(out / "log.csv", record)
                 state = checkpoint(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else i + 1)
@@ -484,33 +522,65 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                     task.on_epoch_end(epoch, record)
                 print(_describe(record))
                 WARNINGS.flush()
+            if stopping:  # the signal came with the epoch's last batch: the epoch ended normally above
+                if dist.is_main:
+                    print(f"stopped after epoch {epoch + 1}; resume with --resume")
+                _exit_stopped()
     return history
+
+
+def _exit_stopped() -> None:
+    """Leave after a SIGTERM/SIGINT checkpoint with the conventional status 128 + SIGTERM."""
+    cleanup_distributed()
+    sys.exit(143)
 
 
 def describe_model(model: nn.Module) -> str:
     """The module tree, then total and trainable parameter counts, overall and per top-level child."""
-    def count(m: nn.Module) -> tuple[int, int]:
-        ps = list(m.parameters())
+    seen: set[int] = set()
+
+    def count(m: nn.Module, once: bool = False) -> tuple[int, int]:
+        ps = [p for p in m.parameters() if not (once and id(p) in seen)]
+        if once:
+            seen.update(id(p) for p in ps)
         return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
 
     total, trainable = count(model)
     prefix, root = "", model
     while len(children := list(root.named_children())) == 1:  # a wrapper (e.g. Classifier.net): list its parts
         prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
-    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}"]
+    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}   (a part sharing "
+             "parameters with one above counts only its own)"]
     for name, child in children:
-        n, t = count(child)
+        n, t = count(child, once=True)
         lines.append(f"{prefix + name:<32} {n:>14,} {t:>14,}")
     lines += [f"{'total':<32} {total:>14,} {trainable:>14,}",
               f"parameters: {total:,} total, {trainable:,} trainable"]
     return "\n".join(lines) + "\n"
 
 
-def _raise_if_diverged(first_bad: torch.Tensor, out: Path) -> None:
-    bad = first_bad.item()
+def _agree_to_stop(first_bad: torch.Tensor, stop_requested: bool, out: Path) -> bool:
+    """Whether any rank was asked to stop (SIGTERM/SIGINT); a NaN/inf loss on any rank is an error on all."""
+    status = torch.stack([first_bad, torch.tensor(-float(stop_requested), device=first_bad.device)])
+    if torch_dist.is_initialized():
+        torch_dist.all_reduce(status, op=torch_dist.ReduceOp.MIN)
+    bad, stop = status.tolist()
     if math.isfinite(bad):
-        raise UserError(out / "last.pt", f"the loss became NaN/inf at step {int(bad)}; training stopped and the last "
-                        "good checkpoint was kept", "lower --lr or check the data, then --resume")
+        raise UserError(out, f"the loss became NaN/inf at step {int(bad)}; training stopped. {_kept(out)}",
+                        "lower --lr or check the data, then --resume")
+    return stop < 0
+
+
+def _raise_if_nonfinite(model: nn.Module, step: int, out: Path) -> None:
+    """Never checkpoint NaN/inf weights: the loss that would show them is only computed a step later."""
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise UserError(out, f"the weights became NaN/inf by step {step}; training stopped. {_kept(out)}",
+                        "lower --lr or check the data, then --resume")
+
+
+def _kept(out: Path) -> str:
+    last = out / "last.pt"
+    return f"The last good checkpoint, {last}, was kept" if last.is_file() else "No checkpoint had been written yet"
 
 
 def _describe(record: dict) -> str:

@@ -11,6 +11,21 @@ from typing import Iterator, Sequence
 
 from .errors import UserError
 
+_UMASK = os.umask(0o022)  # the only way to read the umask is to set it: put it straight back
+os.umask(_UMASK)
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create a folder (and its parents), or fail with one clear error when it cannot be written to."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise _unwritable(path, err) from err
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -18,10 +33,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        # Hidden and not ending in the target's extension: a temp file left by a killed run matches no `*.png` glob.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise UserError(path.parent, f"cannot write here ({err.strerror})", "choose a writable output folder") from err
+        raise _unwritable(path.parent, err) from err
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -63,6 +80,10 @@ def append_csv_row(path: str | os.PathLike, row: dict) -> None:
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _unwritable(folder: Path, err: OSError) -> UserError:
+    return UserError(folder, f"cannot write here ({err.strerror or err})", "choose a writable output folder")
 
 
 def _fmt(v: object) -> object:

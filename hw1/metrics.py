@@ -1,4 +1,4 @@
-"""Accuracy and cosine kNN accuracy for classification features."""
+"""Accuracy and cosine kNN accuracy for classification features; confusion matrix and mIoU for masks."""
 from __future__ import annotations
 
 import torch
@@ -23,3 +23,28 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feat
         votes.scatter_add_(1, train_labels[idx], (sims / temperature).exp())
         correct += (votes.argmax(1) == val_labels[start:start + chunk]).sum().item()
     return correct / len(val_feats)
+
+
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`num_classes` x `num_classes` counts, rows = label, columns = prediction, on the inputs' device.
+
+    Labels outside 0..num_classes-1 (an ignore index) are left out.
+    """
+    label, pred = label.reshape(-1).long(), pred.reshape(-1).long()
+    keep = (label >= 0) & (label < num_classes)
+    codes = label[keep] * num_classes + pred[keep]
+    return torch.bincount(codes, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def iou_from_confusion(cm: torch.Tensor, scored: int) -> tuple[list[float], float]:
+    """Per-class IoU for classes 0..scored-1 and their mean, by the course's rule.
+
+    tp_fp counts every pixel predicted as the class, whatever its label (Unknown-labelled pixels
+    included); tp_fn every pixel labelled as the class. A class absent from both gives NaN, and
+    so a NaN mean, as the course's evaluator does.
+    """
+    cm = cm.double().cpu()
+    tp = cm.diagonal()[:scored]
+    tp_fp, tp_fn = cm[:, :scored].sum(0), cm[:scored, :].sum(1)
+    iou = tp / (tp_fp + tp_fn - tp)
+    return iou.tolist(), float(iou.mean())

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import io
+from .seg_data import write_p2_sample
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring")
 
@@ -83,6 +84,7 @@ def write_sample_data(root: str | Path, *, preset: str = "sample", seed: int = 0
     counts = {"sample": dict(mini_per_class=12, office_train_per_class=8, office_val_per_class=2),
               "tiny": dict(mini_per_class=3, office_train_per_class=3, office_val_per_class=1)}[preset]
     write_p1(root, seed=seed, size=128 if preset == "sample" else 64, **counts)
+    write_p2_sample(root, preset, seed)
     return root
 
 

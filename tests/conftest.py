@@ -19,3 +19,41 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hw1.sample_data import write_sample_data
 
     return write_sample_data(tmp_path_factory.mktemp("data") / "hw1_data", preset="tiny")
+
+
+# ---------------------------------------------------------------- Problem 1: small runs shared by the test_p1_* files
+
+P1_SMALL = ["--arch", "resnet18", "--image-size", "32", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def p1_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 BYOL backbone file (`backbone_last.pt`) from a two-step pre-training run on the tiny data."""
+    import p1_pretrain
+
+    out = tmp_path_factory.mktemp("p1_pretrain")
+    p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--batch-size", "32",
+                      "--epochs", "1", "--max-steps", "2", "--projection-hidden-size", "256"])
+    return out / "backbone_last.pt"
+
+
+@pytest.fixture(scope="session")
+def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 Office-Home classifier checkpoint (`best.pt`) from a short setting-A run on the tiny data."""
+    import p1_finetune
+
+    out = tmp_path_factory.mktemp("p1_finetune_A")
+    p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
+                      "--batch-size", "32", "--epochs", "1", "--max-steps", "2", "--results", str(out / "results.csv")])
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 backbone file from `p1_pretrain.py --method supervised` (labels from the Mini-ImageNet names)."""
+    import p1_pretrain
+
+    out = tmp_path_factory.mktemp("p1_supervised")
+    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
+                      "--batch-size", "32", "--epochs", "1", "--max-steps", "2"])
+    return out / "backbone_last.pt"

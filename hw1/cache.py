@@ -1,0 +1,230 @@
+"""Decoded-image cache: an image list decoded once into a uint8 (N, H, W, 3) `.npy`, memory-mapped.
+
+JPEG decoding is most of the CPU cost of an epoch; the cache pays it once. The file's name holds a
+hash of (file list, sizes, mtimes, side), so a changed, added or removed image gives another name
+and the cache is rebuilt; a sidecar JSON says what it holds. It is written to a temp file and
+renamed, so a killed build leaves no half cache. At the images' own size (`side=None`, the
+default) a cached image equals `PILToTensor(load_rgb(path))` exactly, so every transform sees the
+same input with or without the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import io
+from .data import ImageListDataset, load_rgb
+from .errors import WARNINGS, UserError
+
+VERSION = 1
+HEADROOM = 256 * 2**20  # keep this much disk free after the cache is written
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="decode the images once into a memory-mapped uint8 cache (default: on when it fits on disk)")
+    parser.add_argument("--cache-dir", default=None, help="where the cache lives (default: DATA_ROOT/.cache)")
+
+
+def image_side(paths: Sequence[Path]) -> int:
+    """The side a cache stores an image set at by default: the first readable image's larger side (its header only)."""
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                return max(img.size)
+        except OSError:  # unreadable: decoding skips it too
+            continue
+    return max(load_rgb(paths[0]).size)  # none readable: the error names the first
+
+
+def cache_key(paths: Sequence[Path], side: int) -> str:
+    """A hash of the file list, each file's size and mtime, the side and the cache format."""
+    h = hashlib.sha1(f"v{VERSION} side={side} n={len(paths)}\n".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_bytes(n: int, side: int) -> int:
+    return n * side * side * 3 + 128
+
+
+class _Decode(Dataset):
+    def __init__(self, paths: Sequence[Path], side: int, skip_unreadable: bool = True) -> None:
+        self.paths, self.side, self.skip_unreadable = paths, side, skip_unreadable
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """An unreadable image is counted as a warning and the next readable one used in its place."""
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                img = load_rgb(path)
+                break
+            except UserError as err:
+                if not self.skip_unreadable:
+                    raise
+                WARNINGS.add("unreadable training image skipped (the next one used instead)", f"{path}: {err.problem}")
+        else:
+            raise UserError(self.paths[index].parent, "no image could be read", "check the image files")
+        if img.size != (self.side, self.side):
+            img = img.resize((self.side, self.side), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def build(paths: Sequence[Path], side: int, target: Path, *, workers: int = 0, desc: str = "decoding images",
+          skip_unreadable: bool = True) -> None:
+    """Decode `paths` at side x side into `target` (.npy), through a temp file renamed at the end."""
+    _check_space(target.parent, cache_bytes(len(paths), side))
+    loader = DataLoader(_Decode(paths, side, skip_unreadable), batch_size=64, num_workers=workers,
+                        collate_fn=lambda items: np.stack(items))
+    with io.atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
+        i = 0
+        with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
+            for batch in loader:
+                arr[i:i + len(batch)] = batch
+                i += len(batch)
+                bar.update(len(batch))
+        arr.flush()
+        del arr
+
+
+def _check_space(folder: Path, need: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need + HEADROOM:
+        raise UserError(folder, f"not enough free disk for the decoded-image cache (needs {need / 2**30:.2f} GiB "
+                        f"+ {HEADROOM / 2**30:.2f} GiB headroom, {free / 2**30:.2f} GiB free)",
+                        "free some space, pass --cache-dir on a larger disk, or use --no-cache")
+
+
+def fits(folder: Path, n: int, side: int) -> bool:
+    """Whether a cache of n images at `side` fits (an existing folder or its nearest existing parent)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return os.access(probe, os.W_OK) and shutil.disk_usage(probe).free >= cache_bytes(n, side) + HEADROOM
+    except OSError:
+        return False
+
+
+def ensure(paths: Sequence[Path], cache_dir: str | os.PathLike, name: str, *, side: int | None = None,
+           workers: int = 0, build_here: bool = True, skip_unreadable: bool = True) -> Path:
+    """The cache file for `paths` at `side` (default: the first image's side), built if missing or stale.
+
+    Stale caches of the same `name` are deleted. With `build_here=False` (DDP ranks other than 0) the
+    file is only located: call after rank 0 built it.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UserError(cache_dir, f"no images to cache for {name}", "check --data-root")
+    side = side or image_side(paths)
+    cache_dir = Path(cache_dir)
+    key = cache_key(paths, side)
+    target = cache_dir / f"{name}-{side}px-{key}.npy"
+    if target.is_file() or not build_here:
+        return target
+    for stale in cache_dir.glob(f"{name}-*px-*.npy"):
+        stale.unlink(missing_ok=True)
+        stale.with_suffix(".json").unlink(missing_ok=True)
+    build(paths, side, target, workers=workers, desc=f"caching {name} ({len(paths)} images, {side}px)",
+          skip_unreadable=skip_unreadable)
+    io.write_json(target.with_suffix(".json"), {
+        "name": name, "key": key, "version": VERSION, "count": len(paths), "side": side,
+        "shape": [len(paths), side, side, 3], "dtype": "uint8", "first": str(paths[0]), "last": str(paths[-1]),
+    })
+    return target
+
+
+class CachedImages(Dataset):
+    """(uint8 CHW tensor, label) from a cache file, opened lazily in each worker; `transform` as for PIL input.
+
+    torchvision v2 transforms treat the tensor as an image (`PILToTensor` passes it through), so
+    the same transform gives the same result on a cached image as on the decoded file.
+    """
+
+    def __init__(self, path: str | os.PathLike, labels: Sequence[int] | None = None, transform: Callable | None = None) -> None:
+        self.path, self.transform = Path(path), transform
+        self._arr: np.ndarray | None = None
+        n = len(self.array)
+        self.labels = list(labels) if labels is not None else [-1] * n
+        if len(self.labels) != n:
+            raise UserError(self.path, f"cache holds {n} images but {len(self.labels)} labels were given",
+                            "delete the cache file; it is rebuilt on the next run")
+        self._arr = None  # reopen in each worker process
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._arr is None:
+            self._arr = np.load(self.path, mmap_mode="r")
+        return self._arr
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(np.array(self.array[index])).permute(2, 0, 1)
+        return (self.transform(img) if self.transform else img), self.labels[index]
+
+
+class DecodedImages(Dataset):
+    """The same items as `CachedImages`, decoded from the files on every access (the `--no-cache` path)."""
+
+    def __init__(self, paths: Sequence[Path], side: int, labels: Sequence[int] | None = None,
+                 transform: Callable | None = None) -> None:
+        self.decode, self.transform = _Decode(paths, side), transform
+        self.labels = list(labels) if labels is not None else [-1] * len(paths)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(self.decode[index]).permute(2, 0, 1)
+        return (self.transform(img) if self.transform else img), self.labels[index]
+
+
+def cached_dataset(args: argparse.Namespace, paths: Sequence[Path], name: str, *, labels: Sequence[int] | None = None,
+                   transform: Callable | None = None, side: int | None = None, is_main: bool = True,
+                   barrier: Callable[[], None] | None = None, skip_unreadable: bool = True) -> CachedImages | None:
+    """`CachedImages` when `--cache` is on, or auto and the cache exists or fits on disk; else None.
+
+    Rank 0 builds the cache; the other ranks wait at `barrier` (pass one under DDP).
+    """
+    if args.cache is False:
+        return None
+    folder = Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache"
+    side = side or image_side(paths)
+    existing = folder / f"{name}-{side}px-{cache_key(paths, side)}.npy"
+    if args.cache is None and not existing.is_file() and not fits(folder, len(paths), side):
+        print(f"note: the decoded-image cache of {name} does not fit in {folder} (or it is not writable); "
+              "reading the image files directly (pass --cache-dir to put it elsewhere)")
+        return None
+    target = ensure(paths, folder, name, side=side, workers=args.workers, build_here=is_main,
+                    skip_unreadable=skip_unreadable)
+    if barrier:
+        barrier()
+    return CachedImages(target, labels, transform)
+
+
+def maybe_cached(args: argparse.Namespace, dataset: ImageListDataset, name: str, *, is_main: bool = True,
+                 barrier: Callable[[], None] | None = None) -> Dataset:
+    """`dataset` (its paths, labels and transform) read from the cache when the cache is on, else as it is."""
+    cached = cached_dataset(args, dataset.paths, name, labels=dataset.labels, transform=dataset.transform,
+                            is_main=is_main, barrier=barrier, skip_unreadable=dataset.skip_unreadable)
+    return cached if cached is not None else dataset

@@ -1,0 +1,254 @@
+"""Problem 2 data: the mask colour codec, sat/mask pairs, joint augmentation, synthetic sample data."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, get_worker_info
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from . import io
+from .data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from .errors import WARNINGS, UserError
+
+CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
+CLASS_COLOURS = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0),
+                          (0, 0, 255), (255, 255, 255), (0, 0, 0)], dtype=np.uint8)
+NUM_CLASSES = len(CLASS_NAMES)
+UNKNOWN = 6
+EVAL_CLASSES = 6                 # mIoU averages classes 0..5; Unknown is not a scored class
+IGNORE_INDEX = 255               # never produced by the codec; losses skip it
+# The course's reader: channels thresholded at 128, code = 4R + 2G + B, then this table.
+# Code 4 (pure red) is no class; the course leaves it unassigned, we read it as Unknown and warn.
+CODE_TO_CLASS = np.array([6, 4, 3, 0, 6, 2, 1, 5], dtype=np.uint8)
+RED_CODE = 4
+SAT_SUFFIX, MASK_SUFFIX = "_sat.jpg", "_mask.png"
+AUGMENTS = ("none", "flip", "flip+scale")
+SNAPSHOT_STEMS = ("0013", "0062", "0104")
+
+
+# ---------------------------------------------------------------- colour codec
+
+
+def classes_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """H x W class ids → H x W x 3 uint8 map colours."""
+    return CLASS_COLOURS[np.asarray(ids, dtype=np.intp)]
+
+
+def rgb_to_classes(rgb: np.ndarray, where: object = "mask") -> np.ndarray:
+    """H x W x 3 colours → H x W class ids by the course's rule; pure-red pixels become Unknown (counted)."""
+    bits = (np.asarray(rgb)[..., :3] >= 128).astype(np.uint8)
+    code = 4 * bits[..., 0] + 2 * bits[..., 1] + bits[..., 2]
+    n_red = int(np.count_nonzero(code == RED_CODE))
+    if n_red:
+        WARNINGS.add("pure-red mask pixels (code 4, no class) read as Unknown", f"{where}: {n_red} px", n_red)
+    return CODE_TO_CLASS[code]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    return rgb_to_classes(np.asarray(load_rgb(path)), where=path)
+
+
+def write_mask(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """An RGB PNG of map colours, written atomically (never a partial file)."""
+    with io.atomic_path(path) as tmp:
+        Image.fromarray(classes_to_rgb(ids), "RGB").save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------- pairs and the dataset
+
+
+@dataclass
+class Pair:
+    stem: str
+    image: Path
+    mask: Path | None
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(path, f"unreadable image ({str(err).splitlines()[0][:100]})", "replace or remove the file") from err
+
+
+def find_pairs(folder: str | os.PathLike, *, need_masks: bool) -> list[Pair]:
+    """Every `xxxx_sat.jpg` in `folder`, with its `xxxx_mask.png` (required, same size) when `need_masks`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(folder, "folder not found", "check the path (training reads DATA_ROOT/p2_data/{train,validation})")
+    images = sorted(p for p in folder.iterdir() if p.name.lower().endswith(SAT_SUFFIX) and not p.name.startswith("."))
+    if not images:
+        raise UserError(folder, f"no xxxx{SAT_SUFFIX} images in this folder", "check the path")
+    pairs = []
+    for image in images:
+        stem = image.name[:-len(SAT_SUFFIX)]
+        mask = folder / f"{stem}{MASK_SUFFIX}"
+        if need_masks:
+            if not mask.is_file():
+                raise UserError(mask, f"mask missing for image {image.name}", f"every xxxx{SAT_SUFFIX} needs its xxxx{MASK_SUFFIX} beside it")
+            (iw, ih), (mw, mh) = image_size_of(image), image_size_of(mask)
+            if (iw, ih) != (mw, mh):
+                raise UserError(mask, f"mask is {mw}x{mh} but its image {image.name} is {iw}x{ih}",
+                                "a mask must have its image's width and height")
+        pairs.append(Pair(stem, image, mask if need_masks else None))
+    return pairs
+
+
+def to_model_input(img: Image.Image, size: int) -> torch.Tensor:
+    """PIL RGB → normalised 3 x size x size float tensor (resized only when the size differs)."""
+    x = TF.pil_to_tensor(img)
+    if x.shape[-2:] != (size, size):
+        x = TF.resize(x, [size, size], antialias=True)
+    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Class ids resized by nearest neighbour, so no in-between ids appear."""
+    if mask.shape[-2:] == (size, size):
+        return mask
+    return TF.resize(mask[None], [size, size], interpolation=InterpolationMode.NEAREST_EXACT)[0]
+
+
+def joint_augment(image: torch.Tensor, mask: torch.Tensor, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random geometry on image (C x H x W) and mask (H x W), drawn from torch's RNG.
+
+    `flip`: identity, horizontal or vertical flip, equally likely (the reference report's set).
+    `flip+scale`: first a random square crop of 50-100% of the side, resized back (zoom in).
+    """
+    if augment == "none":
+        return image, mask
+    if augment == "flip+scale":
+        h, w = mask.shape
+        side = max(1, int(min(h, w) * float(torch.empty(()).uniform_(0.5, 1.0))))
+        top, left = int(torch.randint(0, h - side + 1, ())), int(torch.randint(0, w - side + 1, ()))
+        image = TF.resize(image[:, top:top + side, left:left + side], [h, w], antialias=True)
+        mask = TF.resize(mask[None, top:top + side, left:left + side], [h, w], interpolation=InterpolationMode.NEAREST_EXACT)[0]
+    choice = int(torch.randint(0, 3, ()))
+    if choice:
+        dim = -1 if choice == 1 else -2
+        image, mask = image.flip(dim), mask.flip(dim)
+    return image, mask
+
+
+class SatMaskDataset(Dataset):
+    """Items `{"image", "mask"}` or, without masks, `{"image", "size", "index"}` (size = original H, W).
+
+    The image is resized to `size`; the training mask too (nearest), while `full_res_masks` keeps
+    the mask at its own size so validation scores at the labels' resolution, as the course does.
+    """
+
+    def __init__(self, pairs: list[Pair], size: int, *, augment: str = "none", full_res_masks: bool = False) -> None:
+        if augment not in AUGMENTS:
+            raise UserError("--augment", f"unknown augmentation {augment!r}", f"use one of {', '.join(AUGMENTS)}")
+        self.pairs, self.size, self.augment, self.full_res_masks = pairs, size, augment, full_res_masks
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        img = load_rgb(pair.image)
+        if pair.mask is None:
+            return {"image": to_model_input(img, self.size), "size": torch.tensor([img.height, img.width]),
+                    "index": index}
+        mask = torch.from_numpy(read_mask(pair.mask).astype(np.int64))
+        if get_worker_info() is not None:  # a loader worker's counter never reaches the main process
+            WARNINGS.flush()
+        if self.full_res_masks:
+            return {"image": to_model_input(img, self.size), "mask": mask}
+        x = TF.pil_to_tensor(img)
+        if x.shape[-2:] != (self.size, self.size):
+            x, mask = TF.resize(x, [self.size, self.size], antialias=True), resize_mask(mask, self.size)
+        x, mask = joint_augment(x, mask, self.augment)
+        return {"image": TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD),
+                "mask": mask}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack each field; masks of different sizes (validation at native resolution) stay a list."""
+    batch = {}
+    for key in items[0]:
+        values = [torch.as_tensor(it[key]) for it in items]
+        same = all(v.shape == values[0].shape for v in values)
+        batch[key] = torch.stack(values) if same else values
+    return batch
+
+
+# ---------------------------------------------------------------- synthetic sample data
+
+# Per class: mean colour, pixel noise, and a texture (stripe amplitude, period in px, orientation).
+# Colours loosely follow satellite look; each class is separable by colour and texture statistics.
+_STYLE = {
+    0: ((140, 140, 150), 22, 40, 6, "grid"),     # urban: grey, blocky grid
+    1: ((190, 175, 70), 10, 30, 10, "rows"),     # agriculture: yellow fields in rows
+    2: ((150, 110, 90), 14, 0, 0, ""),           # rangeland: brownish, rough
+    3: ((35, 95, 40), 18, 15, 4, "cols"),        # forest: dark green, blotchy
+    4: ((30, 60, 140), 5, 0, 0, ""),             # water: smooth blue
+    5: ((215, 205, 185), 8, 0, 0, ""),           # barren: pale sand
+    6: ((8, 8, 8), 3, 0, 0, ""),                 # unknown: black
+}
+
+
+def _sample_regions(rng: np.random.Generator, size: int, classes: list[int]) -> np.ndarray:
+    """A warped Voronoi map: one region per entry of `classes` (so large, irregular regions)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    warp = 0.06 * np.sin(2 * np.pi * (rng.uniform(1, 3) * yy + rng.uniform()))
+    xx = xx + warp
+    yy = yy + 0.06 * np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform()))
+    seeds = rng.uniform(0, 1, (len(classes), 2)).astype(np.float32)
+    dist = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+    return np.asarray(classes, dtype=np.uint8)[dist.argmin(0)]
+
+
+def _render(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
+    size = ids.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 3), np.float32)
+    for c, (colour, noise, amp, period, kind) in _STYLE.items():
+        where = ids == c
+        if not where.any():
+            continue
+        scale = size / 512  # the texture keeps its look at any image size
+        pattern = np.zeros((size, size), np.float32)
+        if kind:
+            p = max(2.0, period * 4 * scale)
+            wave = {"rows": np.sin(2 * np.pi * yy / p), "cols": np.sin(2 * np.pi * xx / p),
+                    "grid": np.sign(np.sin(2 * np.pi * yy / p) * np.sin(2 * np.pi * xx / p))}[kind]
+            pattern = amp * wave
+        shade = rng.normal(0, 8, 3)  # each region-image its own small colour shift
+        pixels = np.asarray(colour, np.float32) + shade + pattern[..., None] + rng.normal(0, noise, (size, size, 3))
+        img[where] = pixels[where]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_p2_sample(root: str | os.PathLike, preset: str = "sample", seed: int = 0) -> Path:
+    """`root/p2_data/{train,validation}`: synthetic region maps of the 7 classes in the course layout.
+
+    `sample`: 24 train / 8 validation images of 512 x 512; `tiny` (tests): 16 / 6 of 64 x 64.
+    Validation holds the snapshot stems 0013, 0062 and 0104; every split shows all six scored classes.
+    """
+    size, n_train, n_val = {"sample": (512, 24, 8), "tiny": (64, 16, 6)}[preset]
+    rng = np.random.default_rng(seed + 2)
+    p2 = Path(root) / "p2_data"
+    val_stems = list(SNAPSHOT_STEMS) + [f"{200 + i:04d}" for i in range(n_val - len(SNAPSHOT_STEMS))]
+    for split, stems in (("train", [f"{i:04d}" for i in range(n_train)]), ("validation", val_stems)):
+        folder = p2 / split
+        folder.mkdir(parents=True, exist_ok=True)
+        # Cycle the six scored classes across the split's regions so each appears; Unknown now and then.
+        cycle = [int(c) for c in rng.permutation(EVAL_CLASSES)] * math.ceil(len(stems) * 5 / EVAL_CLASSES)
+        for n, stem in enumerate(stems):
+            k = int(rng.integers(3, 6))
+            classes = [cycle.pop() for _ in range(k)] + ([UNKNOWN] if n % 5 == 4 else [])
+            ids = _sample_regions(rng, size, classes)
+            Image.fromarray(_render(rng, ids)).save(folder / f"{stem}{SAT_SUFFIX}", quality=92)
+            Image.fromarray(classes_to_rgb(ids)).save(folder / f"{stem}{MASK_SUFFIX}")
+    return p2

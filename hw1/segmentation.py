@@ -1,0 +1,174 @@
+"""The Problem 2 training run that p2_train_fcn32.py and p2_train_deeplab.py share, and prediction.
+
+Validation mIoU (the course's rule, from a confusion matrix kept on the device and summed over
+ranks) and each class's IoU go into OUT/log.csv; `best.pt` follows the mIoU. Predictions of the
+snapshot images (0013, 0062, 0104) are saved at the first, middle and final epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import engine, io
+from .data import data_dir, load_rgb
+from .errors import UserError
+from .metrics import confusion_matrix, iou_from_confusion
+from .seg_data import (AUGMENTS, CLASS_NAMES, EVAL_CLASSES, NUM_CLASSES, SNAPSHOT_STEMS, SatMaskDataset,
+                       classes_to_rgb, collate, find_pairs, write_mask)
+from .seg_models import WEIGHTS, build_seg_model
+
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags both P2 training scripts take beside `engine.add_common_args`."""
+    parser.add_argument("--weights", choices=WEIGHTS, default="default",
+                        help="default: torchvision's pretrained weights (downloaded once into $TORCH_HOME); "
+                             "none: random initialisation, no download (default: %(default)s)")
+    parser.add_argument("--augment", choices=AUGMENTS, default="flip",
+                        help="joint image/mask augmentation: flip = identity / horizontal / vertical flip (the "
+                             "reference), flip+scale adds a random zoom-in crop (default: %(default)s)")
+    parser.add_argument("--results", default="runs/p2_results.csv", help="append the final mIoU here (default: %(default)s)")
+
+
+# ---------------------------------------------------------------- prediction and evaluation
+
+
+def predict_classes(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]], tta: bool = False) -> list[torch.Tensor]:
+    """Class ids at each image's own size: scores upsampled bilinearly, then argmax.
+
+    `tta` averages the softmax over the identity, horizontal and vertical flips.
+    """
+    scores = model(images)["out"].float()
+    if tta:
+        scores = scores.softmax(1)
+        for dim in (-1, -2):
+            scores = scores + model(images.flip(dim))["out"].float().softmax(1).flip(dim)
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    if len(set(sizes)) == 1:  # the usual case: one resize for the whole batch
+        if tuple(scores.shape[-2:]) != sizes[0]:
+            scores = F.interpolate(scores, size=sizes[0], mode="bilinear", align_corners=False)
+        return list(scores.argmax(1))
+    return [F.interpolate(s[None], size=size, mode="bilinear", align_corners=False).argmax(1)[0]
+            for s, size in zip(scores, sizes)]
+
+
+def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, show: bool = True) -> dict:
+    """Validation mIoU and per-class IoU over this rank's share of `loader`, summed over ranks."""
+    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
+    for batch in tqdm(loader, desc="validation", leave=False, dynamic_ncols=True, disable=not show):
+        batch = engine.to_device(batch, device)
+        masks = list(batch["mask"])
+        for pred, mask in zip(predict_classes(model, batch["image"], [m.shape for m in masks]), masks):
+            cm += confusion_matrix(pred, mask, NUM_CLASSES)
+    ious, miou = iou_from_confusion(engine.all_reduce_sum(cm), EVAL_CLASSES)
+    return {"miou": miou, **{f"iou_{name}": v for name, v in zip(CLASS_NAMES, ious)}}
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def snapshot_tags(epoch: int, epochs: int, last: bool) -> list[str]:
+    """Which of early / middle / final the (0-based) epoch is; one epoch may be several."""
+    return [tag for tag, hit in (("early", epoch == 0), ("middle", epoch == (epochs - 1) // 2), ("final", last)) if hit]
+
+
+def save_panels(path: Path, panels: list[tuple[str, np.ndarray]]) -> None:
+    """One figure of images side by side, titled, written atomically."""
+    from matplotlib.figure import Figure  # only snapshot epochs pay for importing matplotlib
+
+    fig = Figure(figsize=(4 * len(panels), 4.4), layout="constrained")
+    for ax, (title, image) in zip(fig.subplots(1, len(panels)), panels):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+@torch.no_grad()
+def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch: int, tags: list[str],
+                    device: torch.device, amp: bool) -> None:
+    """For each snapshot stem present: OUT/snapshots/<stem>_epochNNN_<tags>_mask.png and a figure
+    image | ground truth | prediction beside it."""
+    was_training = model.training
+    model.eval()
+    for index, pair in enumerate(val_set.pairs):
+        if pair.stem not in SNAPSHOT_STEMS:
+            continue
+        item = val_set[index]
+        with engine.autocast(device, amp):
+            pred = predict_classes(model, engine.to_device(item["image"][None], device), [item["mask"].shape])[0]
+        pred = pred.cpu().numpy()
+        name = f"{pair.stem}_epoch{epoch + 1:03d}_{'-'.join(tags)}"
+        write_mask(out / "snapshots" / f"{name}_mask.png", pred)
+        save_panels(out / "snapshots" / f"{name}.png", [
+            (f"{pair.stem}_sat.jpg", np.asarray(load_rgb(pair.image))), ("ground truth", classes_to_rgb(item["mask"].numpy())),
+            (f"prediction, epoch {epoch + 1} ({', '.join(tags)})", classes_to_rgb(pred))])
+    model.train(was_training)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0) -> list[dict]:
+    """Build data, model and `engine.Task`, then run `engine.fit`; returns the epoch log."""
+    dist, device = engine.init_distributed(args.device)
+    engine.seed_everything(args.seed)
+    out = Path(args.out)
+    p2 = data_dir(args.data_root, "p2_data")
+    train_set = SatMaskDataset(find_pairs(p2 / "train", need_masks=True), args.image_size, augment=args.augment)
+    val_set = SatMaskDataset(find_pairs(p2 / "validation", need_masks=True), args.image_size, full_res_masks=True)
+    kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
+    loader = engine.make_loader(train_set, args.batch_size, train=True, **kw)
+    val_loader = engine.make_loader(val_set, args.batch_size, train=False, **kw)
+    if arch != "fcn32s" and min(loader.sampler.local_batch, len(train_set) // dist.world_size) < 2:
+        raise UserError("--batch-size", "DeepLabV3's batch norm needs at least 2 training images per process and step",
+                        "use --batch-size 2 or more per process")
+
+    model = build_seg_model(arch, args.weights, aux=aux_weight > 0)
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+
+    def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
+        outputs = m(batch["image"])
+        loss = criterion(outputs["out"], batch["mask"])
+        if aux_weight:
+            loss = loss + aux_weight * criterion(outputs["aux"], batch["mask"])
+        return loss
+
+    def on_epoch_end(epoch: int, record: dict) -> None:
+        last = record["epoch"] == args.epochs or (args.max_steps is not None and record["step"] >= args.max_steps)
+        tags = snapshot_tags(epoch, args.epochs, last)
+        if tags:
+            write_snapshots(model, val_set, out, epoch, tags, device, args.amp)
+
+    task = engine.Task(
+        model=model, loss_fn=loss_fn, monitor="miou", on_epoch_end=on_epoch_end,
+        evaluate=lambda m, epoch: evaluate_miou(m, val_loader, device, show=dist.is_main),
+        meta={"task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": args.image_size,
+              "weights": args.weights, "aux": aux_weight > 0},
+    )
+    if dist.is_main:
+        print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "
+              f"{args.image_size} px, augment {args.augment}, {device}, world size {dist.world_size}")
+    history = engine.fit(args, task, loader, dist, device)
+    if dist.is_main and history:
+        final = history[-1].get("miou", math.nan)
+        best = max((r["miou"] for r in history if "miou" in r), default=math.nan)
+        print(f"{arch}: final validation mIoU {final:.4f} (best {best:.4f}) — checkpoints in {out}")
+        io.append_csv_row(args.results, {
+            "arch": arch, "weights": args.weights, "miou": final, "best_miou": best, "epochs": history[-1]["epoch"],
+            "steps": history[-1]["step"], "out": str(out), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        })
+    engine.cleanup_distributed()
+    return history

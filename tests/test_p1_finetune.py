@@ -1,0 +1,59 @@
+"""p1_finetune.py: settings A–E run and write their outputs; D/E leave the backbone untouched; A learns."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+import p1_finetune
+from conftest import P1_SMALL
+
+SETTINGS = ("A", "B", "C", "D", "E")
+
+
+def run_finetune(root: Path, out: Path, setting: str, backbone: Path | None, *extra: str) -> None:
+    p1_finetune.main(["--setting", setting, "--data-root", str(root), "--out", str(out), *P1_SMALL,
+                      "--results", str(out / "results.csv"), *(["--backbone", str(backbone)] if backbone else []), *extra])
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_setting_runs_and_a_frozen_backbone_stays_bit_identical(setting: str, tiny_data: Path, p1_backbone: Path,
+                                                                p1_supervised_backbone: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """B/D take the supervised backbone, C/E the BYOL one; D/E: every non-fc entry (weights and BN buffers) unchanged."""
+    backbone = {"A": None, "B": p1_supervised_backbone, "C": p1_backbone, "D": p1_supervised_backbone, "E": p1_backbone}[setting]
+    handed_to_training: dict[str, torch.Tensor] = {}
+    real_fit = p1_finetune.engine.fit
+
+    def fit_and_record(args, task, *rest):  # the model exactly as training receives it
+        handed_to_training.update({k: v.detach().clone() for k, v in task.model.state_dict().items()})
+        return real_fit(args, task, *rest)
+
+    monkeypatch.setattr(p1_finetune.engine, "fit", fit_and_record)
+    run_finetune(tiny_data, tmp_path, setting, backbone, "--batch-size", "32", "--epochs", "1", "--max-steps", "3")
+
+    for name in ("first.pt", "last.pt", "best.pt", "log.csv"):
+        assert (tmp_path / name).is_file(), name
+    with open(tmp_path / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == 1 and {"train_loss", "val_acc"} <= set(log[0])
+    with open(tmp_path / "results.csv", newline="") as f:
+        (result,) = list(csv.DictReader(f))
+    assert result["setting"] == setting and result["backbone"] == (str(backbone) if backbone else "none")
+    assert float(result["val_acc"]) == pytest.approx(float(log[0]["val_acc"]))
+
+    after = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    fc = {k for k in after if k.startswith("net.fc.")}
+    assert fc == {"net.fc.weight", "net.fc.bias"} and after["net.fc.weight"].shape == (65, 512)
+    assert any(not torch.equal(handed_to_training[k], after[k]) for k in fc), "the classifier did not train"
+    body = [k for k in after if k not in fc]
+    changed = [k for k in body if not torch.equal(handed_to_training[k], after[k])]
+    if backbone is not None:  # the backbone file was loaded, BN statistics included
+        state = torch.load(backbone, weights_only=False)
+        assert all(torch.equal(state[k], handed_to_training[f"net.{k}"]) for k in state)
+    if setting in ("D", "E"):
+        assert changed == []
+    else:  # full fine-tuning moves weights and BN statistics: the same check would catch a leak
+        assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("conv1.weight") for k in changed)

@@ -1,0 +1,97 @@
+"""p1_pretrain.py: per-sample BYOL views, BYOL learns, supervised pre-training, plain torchvision backbone files."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+import p1_pretrain
+from conftest import P1_SMALL
+from hw1 import data, engine
+from hw1.byol import SelectView, TwoViews
+from hw1.gpu_aug import batch_views
+
+BATCH = 8
+
+
+def gradient_image(side: int = 48) -> Image.Image:
+    """Every pixel different and no symmetry: two different crops (or a flip) never give the same pixels."""
+    y, x = np.mgrid[0:side, 0:side]
+    return Image.fromarray(np.stack([x * 5, y * 5, (3 * x + 7 * y) % 256], -1).astype(np.uint8))
+
+
+def assert_all_differ(views: torch.Tensor) -> None:
+    """views: (B, 2, C, H, W) of B copies of one image: any two samples differ in each view, and view 1 ≠ view 2."""
+    for v in range(2):
+        for i in range(len(views)):
+            for j in range(i):
+                assert not torch.equal(views[i, v], views[j, v]), f"images {j} and {i} got the same view {v + 1}"
+    assert all(not torch.equal(views[i, 0], views[i, 1]) for i in range(len(views)))
+
+
+def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU path (TwoViews in the loader): one image 8 times in a batch → 16 different crop boxes."""
+    crops: list[tuple[int, ...]] = []
+    make_params = T.RandomResizedCrop.make_params
+
+    def record(self: T.RandomResizedCrop, flat_inputs: list) -> dict:
+        params = make_params(self, flat_inputs)
+        crops.append(tuple(int(params[k]) for k in ("top", "left", "height", "width")))
+        return params
+
+    monkeypatch.setattr(T.RandomResizedCrop, "make_params", record)
+    gradient_image().save(tmp_path / "g.png")
+    dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
+    loader = engine.make_loader(dataset, BATCH, train=True, workers=0, seed=0, dist=engine.Dist(), device=torch.device("cpu"))
+    views, _ = next(iter(loader))
+    assert views.shape == (BATCH, 2, 3, 32, 32)
+    assert len(crops) == 2 * BATCH
+    assert len(set(crops[0::2])) == BATCH and len(set(crops[1::2])) == BATCH  # per view: a crop per image
+    assert all(a != b for a, b in zip(crops[0::2], crops[1::2]))               # per image: a crop per view
+    assert_all_differ(views)
+    assert torch.equal(SelectView(0)(views), views[:, 0]) and torch.equal(SelectView(1)(views), views[:, 1])
+
+
+def test_batched_views_give_each_image_its_own_crop() -> None:
+    """The GPU path (hw1.gpu_aug, default on CUDA; run here on the CPU): per-image boxes in one batch call."""
+    view1, view2 = batch_views(32, seed=0)
+    batch = torch.from_numpy(np.array(gradient_image())).permute(2, 0, 1).repeat(BATCH, 1, 1, 1)
+    out1, out2 = view1(batch), view2(batch)
+    boxes1, boxes2 = (tuple(map(tuple, v.last.boxes.tolist())) for v in (view1, view2))
+    assert len(set(boxes1)) == BATCH and len(set(boxes2)) == BATCH
+    assert all(a != b for a, b in zip(boxes1, boxes2))
+    assert_all_differ(torch.stack([out1, out2], 1))
+
+
+def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> None:
+    """byol-pytorch's own augmentation (one crop for the whole batch) is replaced on both paths."""
+    args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
+                                                     "--batch-size", "8", "--projection-hidden-size", "64", "--no-cache"])
+    for gpu_aug, kind in ((False, SelectView), (True, type(batch_views(32)[0]))):
+        args.gpu_aug = gpu_aug
+        task, _ = p1_pretrain.setup(args, engine.Dist(), torch.device("cpu"))
+        assert isinstance(task.model.augment1, kind) and isinstance(task.model.augment2, kind)
+        assert task.model.augment1 is not task.model.augment2
+        assert task.model.online_encoder.use_simplicial_embeddings is False  # byol-pytorch 0.9 defaults it on: not BYOL
+
+
+def assert_plain_torchvision_backbone(path: Path) -> None:
+    """Loads into torchvision's resnet18 with only `fc` missing."""
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(torch.load(path, weights_only=True), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_supervised_pretraining_exports_a_backbone(p1_supervised_backbone: Path) -> None:
+    out = p1_supervised_backbone.parent
+    assert_plain_torchvision_backbone(out / "backbone_first.pt")
+    assert_plain_torchvision_backbone(p1_supervised_backbone)
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["meta"]["task"] == "pretrain-supervised" and ckpt["model"]["fc.weight"].shape[0] == 64
+    with open(out / "log.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1
