@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -71,6 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg-size", type=int, default=512, help="default: %(default)s")
     parser.add_argument("--seg-batch", type=int, default=16, help="default: %(default)s")
     parser.add_argument("--seg-archs", nargs="+", default=["fcn32s", "deeplabv3_resnet101"])
+    parser.add_argument("--seg-train-archs", nargs="*", default=None,
+                        help="which of --seg-archs also get a training row (default: all; --quick: not FCN32s, whose "
+                             "CPU backward alone takes ~10 s at 64 px)")
     parser.add_argument("--seg-steps", type=int, default=5, help="timed segmentation steps (default: %(default)s)")
     parser.add_argument("--seg-warmup", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--hw12-images", type=int, default=257, help="default: %(default)s")
@@ -85,7 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 QUICK = dict(device="cpu", arch="resnet18", batch_size=8, image_size=32, steps=3, warmup=1, workers=0,
-             seg_size=64, seg_batch=2, seg_steps=1, seg_warmup=0, hw12_images=4, compile_backend="eager", threads=1)
+             seg_size=64, seg_batch=2, seg_archs=["fcn32s", "deeplabv3_mobilenet_v3_large"],
+             seg_train_archs=["deeplabv3_mobilenet_v3_large"], seg_steps=1, seg_warmup=0, hw12_images=2, compile_backend="eager", threads=1)
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -278,38 +283,54 @@ def bench_byol_pytorch(cfg: argparse.Namespace, device: torch.device) -> dict:
 
 
 @contextlib.contextmanager
-def step_times(task: engine.Task, device: torch.device) -> Iterator[list[float]]:
-    """Wrap `task.after_step` (it runs once per optimiser step, after the EMA) to stamp the time."""
+def step_times(task: engine.Task, device: torch.device, watch_syncs_from: int | None = None) -> Iterator[list[float]]:
+    """Wrap `task.after_step` (it runs once per optimiser step, after the EMA) to stamp the time.
+
+    On CUDA with `watch_syncs_from`, torch's sync debug mode warns at every implicit host-device
+    sync from that step on (our own timing sync is excluded).
+    """
     stamps: list[float] = []
     inner = task.after_step
+    watch = device.type == "cuda" and watch_syncs_from is not None
 
     def stamp(step: int) -> None:
         if inner:
             inner(step)
+        if watch:
+            torch.cuda.set_sync_debug_mode(0)
         sync(device)
         stamps.append(time.perf_counter())
+        if watch and len(stamps) >= watch_syncs_from:
+            torch.cuda.set_sync_debug_mode("warn")
 
     task.after_step = stamp
-    yield stamps
+    try:
+        yield stamps
+    finally:
+        if watch:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags: str) -> dict:
     """Rows (b), (c): p1_pretrain's own task and loader through engine.fit, timed between steps."""
     import p1_pretrain
 
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         args = pretrain_args(cfg, Path(out), *flags)
         engine.seed_everything(0)
         with PeakMemory(device) as mem:
             task, loader = p1_pretrain.setup(args, engine.Dist(), device)
             task.evaluate, task.on_epoch_end, task.keep_first = None, None, False
-            with step_times(task, device) as stamps:
+            with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
                 engine.fit(args, task, loader, engine.Dist(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
-    return {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib,
-            "first_step_s": first}
+    row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first}
+    if device.type == "cuda":  # the loop itself reads the loss back every 20 steps and at the last one
+        row["implicit_syncs_in_timed_steps"] = sum("synchroniz" in str(w.message) for w in caught)
+    return row
 
 
 @contextlib.contextmanager
@@ -363,10 +384,12 @@ def bench_seg(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
             with engine.autocast(device):
                 model(x)["out"].argmax(1)
 
-        model.train()
-        with PeakMemory(device) as mem:
-            times = timed_steps(train_step, device, cfg.seg_warmup, cfg.seg_steps)
-        rows.append({"row": f"seg train: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times), "peak_mem_gib": mem.gib})
+        if cfg.seg_train_archs is None or arch in cfg.seg_train_archs:
+            model.train()
+            with PeakMemory(device) as mem:
+                times = timed_steps(train_step, device, cfg.seg_warmup, cfg.seg_steps)
+            rows.append({"row": f"seg train: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times),
+                         "peak_mem_gib": mem.gib})
         model.eval()
         with PeakMemory(device) as mem:
             times = timed_steps(infer_step, device, cfg.seg_warmup, cfg.seg_steps)
@@ -487,8 +510,8 @@ def markdown(result: dict) -> str:
         lines += [f"| {k} | {v:.1f} | {v / step:.0%} |" for k, v in p["phases_ms"].items()]
         lines += ["", "| top op | ms (self) | calls |", "|---|---|---|"]
         lines += [f"| `{o['op']}` | {o['ms']:.1f} | {o['calls']} |" for o in p["top_ops"]]
-    if result.get("skipped"):
-        lines += ["", "skipped: " + "; ".join(result["skipped"])]
+    if result.get("section_seconds"):
+        lines += ["", "seconds per section: " + ", ".join(f"{k} {v}" for k, v in result["section_seconds"].items())]
     return "\n".join(lines) + "\n"
 
 
@@ -504,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.device_name = device.type
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    result: dict = {"rows": [], "skipped": []}
+    result: dict = {"rows": []}
     try:
         if cfg.data_root is None:
             n = cfg.images or cfg.batch_size * (cfg.warmup + cfg.steps + 2)
@@ -512,36 +535,55 @@ def main(argv: list[str] | None = None) -> dict:
             cfg.data_root = work / "hw1_data"
         cfg.cache_dir = work / "cache"
         rows, sections = result["rows"], set(cfg.sections)
+        seconds = result["section_seconds"] = {}
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            now = time.perf_counter()
+            seconds[name] = round(now - clock[0], 1)
+            clock[0] = now
+
         c_rates: dict[str, float] = {}
+        lap("setup")
         if "aug" in sections:
             rows += bench_aug(cfg, device)
+            lap("aug")
         if "data" in sections:
             rows += bench_data(cfg, device)
+            lap("data")
         if "a" in sections:
             rows.append(bench_byol_pytorch(cfg, device))
+            lap("a")
         if "b" in sections:
             rows.append(bench_step(cfg, device, "b: this project's step, CPU augmentation (TwoViews in the loader)",
                                    "--no-gpu-aug", "--no-cache"))
+            lap("b")
         if "c" in sections:
             rows.append(bench_step(cfg, device, "c: cache + batched views on the device", "--gpu-aug", "--cache"))
             c_rates["c"] = rows[-1]["images_per_s"]
+            lap("c")
         if "c-compile" in sections:
             with compile_backend(cfg.compile_backend):
                 rows.append(bench_step(cfg, device, f"c+compile: (c) with --compile (backend {cfg.compile_backend})",
                                        "--gpu-aug", "--cache", "--compile"))
             c_rates["c+compile"] = rows[-1]["images_per_s"]
+            lap("c-compile")
         if "mfu" in sections:
             flops = count_step_flops(cfg, device)
             peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                                             if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
             result["mfu"] = {"gflop_per_image": flops / 1e9, "peak_tflops": peak,
                              **{k: (flops * v / (peak * 1e12) if peak else None) for k, v in c_rates.items()}}
+            lap("mfu")
         if "seg" in sections:
             rows += bench_seg(cfg, device)
+            lap("seg")
         if "hw12" in sections:
             rows.append(bench_hw12(cfg, device, work))
+            lap("hw12")
         if "profile" in sections:
             result["profile"] = profile_step(cfg, device)
+            lap("profile")
         by = {r["row"].split(":")[0]: r.get("images_per_s") for r in rows}
         result["ratios"] = {k: v for k, v in {
             "c / a": _div(by.get("c"), by.get("a")), "c+compile / a": _div(by.get("c+compile"), by.get("a")),

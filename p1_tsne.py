@@ -18,6 +18,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 from hw1 import data, engine, io, viz
 from hw1.errors import UserError, run_main
@@ -48,8 +49,11 @@ def tsne_2d(features: np.ndarray, *, seed: int = 0, perplexity: float = 30.0, pc
     if x.shape[1] > dims:
         x = PCA(n_components=dims, random_state=seed).fit_transform(x)
     perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(x)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
+    # One OpenMP thread: t-SNE's threads spin-wait, and on a shared or busy CPU that made it 20x
+    # slower (83 s instead of 4 s for 195 points); a few thousand points take seconds on one thread.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(x)
 
 
 def silhouette_2d(embedding: np.ndarray, labels: np.ndarray) -> float:

@@ -279,7 +279,9 @@ def machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return f"CPU, {os.cpu_count()} cores, {platform.machine()} (torch {torch.__version__})"
+    # The load average says how much other programs shared the CPU: wall times grow with it.
+    return (f"CPU, {os.cpu_count()} cores, {platform.machine()} (torch {torch.__version__}; load average "
+            f"over the last 15 minutes {os.getloadavg()[2]:.1f})")
 
 
 def main(argv: list[str] | None = None) -> None:

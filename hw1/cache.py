@@ -90,8 +90,10 @@ def build(paths: Sequence[Path], side: int, target: Path, *, workers: int = 0, d
           skip_unreadable: bool = True) -> None:
     """Decode `paths` at side x side into `target` (.npy), through a temp file renamed at the end."""
     _check_space(target.parent, cache_bytes(len(paths), side))
+    # Its own generator: building the cache must not move the global RNG, or a run that builds it would
+    # initialise its model differently from one that finds it built.
     loader = DataLoader(_Decode(paths, side, skip_unreadable), batch_size=64, num_workers=workers,
-                        collate_fn=lambda items: np.stack(items))
+                        collate_fn=lambda items: np.stack(items), generator=torch.Generator())
     with io.atomic_path(target) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
         i = 0

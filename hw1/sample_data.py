@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import io
+from .errors import run_main
 from .seg_data import write_p2_sample
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring")
@@ -80,7 +81,7 @@ def write_p1(root: Path, *, mini_per_class: int, office_train_per_class: int, of
 
 def write_sample_data(root: str | Path, *, preset: str = "sample", seed: int = 0) -> Path:
     """Write every problem's sample data under `root`; `tiny` is the tests' size."""
-    root = Path(root)
+    root = io.ensure_dir(root)
     counts = {"sample": dict(mini_per_class=12, office_train_per_class=8, office_val_per_class=2),
               "tiny": dict(mini_per_class=3, office_train_per_class=3, office_val_per_class=1)}[preset]
     write_p1(root, seed=seed, size=128 if preset == "sample" else 64, **counts)
@@ -98,4 +99,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -103,12 +103,9 @@ def find_pairs(folder: str | os.PathLike, *, need_masks: bool) -> list[Pair]:
     return pairs
 
 
-def to_model_input(img: Image.Image, size: int) -> torch.Tensor:
-    """PIL RGB → normalised 3 x size x size float tensor (resized only when the size differs)."""
-    x = TF.pil_to_tensor(img)
-    if x.shape[-2:] != (size, size):
-        x = TF.resize(x, [size, size], antialias=True)
-    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 C x H x W image resized (bilinear, antialiased) to size x size, if it is not already."""
+    return x if x.shape[-2:] == (size, size) else TF.resize(x, [size, size], antialias=True)
 
 
 def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -116,6 +113,11 @@ def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     if mask.shape[-2:] == (size, size):
         return mask
     return TF.resize(mask[None], [size, size], interpolation=InterpolationMode.NEAREST_EXACT)[0]
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """uint8 image → float, ImageNet mean/std normalised."""
+    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def joint_augment(image: torch.Tensor, mask: torch.Tensor, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,20 +159,13 @@ class SatMaskDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
         img = load_rgb(pair.image)
+        x = resize_image(TF.pil_to_tensor(img), self.size)
         if pair.mask is None:
-            return {"image": to_model_input(img, self.size), "size": torch.tensor([img.height, img.width]),
-                    "index": index}
+            return {"image": normalise(x), "size": torch.tensor([img.height, img.width]), "index": index}
         mask = torch.from_numpy(read_mask(pair.mask).astype(np.int64))
-        if get_worker_info() is not None:  # a loader worker's counter never reaches the main process
-            WARNINGS.flush()
-        if self.full_res_masks:
-            return {"image": to_model_input(img, self.size), "mask": mask}
-        x = TF.pil_to_tensor(img)
-        if x.shape[-2:] != (self.size, self.size):
-            x, mask = TF.resize(x, [self.size, self.size], antialias=True), resize_mask(mask, self.size)
-        x, mask = joint_augment(x, mask, self.augment)
-        return {"image": TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD),
-                "mask": mask}
+        if not self.full_res_masks:
+            x, mask = joint_augment(x, resize_mask(mask, self.size), self.augment)
+        return {"image": normalise(x), "mask": mask}
 
 
 def collate(items: list[dict]) -> dict:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -74,11 +72,12 @@ class FCN32s(nn.Module):
         return {"out": scores[..., :h, :w]}
 
 
-def _pretrained(weights: torchvision.models.WeightsEnum, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build with torchvision's pretrained weights; a missing cache plus a failed download is one clear error."""
+def pretrained_state(weights: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
+    """torchvision's pretrained state_dict from the torch hub cache, downloaded once; a missing cache
+    plus a failed download is one clear error (raised before any model is built)."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     try:
-        return build()
+        return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as err:  # URLError/HTTPError are OSErrors; a broken file is a RuntimeError
         reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err) else type(err).__name__
         if cached.is_file():
@@ -101,13 +100,18 @@ def build_seg_model(arch: str, weights: str = "none", *, aux: bool = False, num_
     if weights not in WEIGHTS:
         raise UserError("--weights", f"unknown choice {weights!r}", "use default or none")
     if arch == "fcn32s":
-        vgg_weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-        vgg = _pretrained(vgg_weights, lambda: torchvision.models.vgg16(weights=vgg_weights)) if weights == "default" else None
+        if weights == "none":
+            return FCN32s(num_classes)
+        state = pretrained_state(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+        vgg = torchvision.models.vgg16(weights=None)
+        vgg.load_state_dict(state)
         return FCN32s(num_classes, vgg)
     builder, coco = DEEPLAB[arch]
     if weights == "none":  # weights_backbone=None too: torchvision's default would download ImageNet weights
         return builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
-    model = _pretrained(coco, lambda: builder(weights=coco))
+    state = pretrained_state(coco)
+    model = builder(weights=None, weights_backbone=None, num_classes=len(coco.meta["categories"]), aux_loss=True)
+    model.load_state_dict(state)
     # DeepLabHead and FCNHead both end in a 1x1 conv at index 4: re-make it for our classes.
     model.classifier[4] = nn.Conv2d(model.classifier[4].in_channels, num_classes, 1)
     if aux:

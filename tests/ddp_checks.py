@@ -1,4 +1,5 @@
-"""Checks that need a real 2-process gloo group; run by tests/test_distributed.py as
+"""Checks that need a real 2-process gloo group. tests/test_distributed.py runs them in the ranks of its
+BYOL launch, before the script (`DDP_CHECKS=1`, see tests/write_spy.py); alone:
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_checks.py
 
@@ -75,16 +76,17 @@ def check_ranks_agree_to_stop(rank: int) -> None:
         raise AssertionError("a NaN loss on rank 1 did not stop rank 0")
 
 
-def main() -> None:
+def run_all() -> None:
+    """Join the gloo group (left open for a script to use) and run every check."""
     dist_info, _ = engine.init_distributed("cpu")
     rank, world = dist_info.rank, dist_info.world_size
     assert world == 2 and dist.get_backend() == "gloo"
     check_global_batchnorm(rank, world)
     check_byol_heads_synced()
     check_ranks_agree_to_stop(rank)
-    engine.cleanup_distributed()
-    print(f"rank {rank} ok")
+    print(f"rank {rank} ok", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_all()
+    engine.cleanup_distributed()

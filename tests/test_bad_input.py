@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -23,8 +23,9 @@ import p2_inference
 import p2_train_deeplab
 import p2_train_fcn32
 from hw1.errors import run_main
+from hw1.models import backbone_state, build_resnet
 from hw1.seg_data import CLASS_COLOURS
-from robust_helpers import run, seg_checkpoint, small_p1_root, small_p2_root  # noqa: F401 - seg_checkpoint is a fixture
+from robust_helpers import one_thread, run, seg_checkpoint, small_p1_root, small_p2_root  # noqa: F401 - a fixture
 
 TRAIN = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
          "--epochs", "1", "--max-steps", "1"]
@@ -62,7 +63,9 @@ def works(capsys: pytest.CaptureFixture, main: Callable, argv: list[str]) -> tup
 
 
 def finetune(root: Path, out: Path, *extra: object) -> list[object]:
-    return ["--setting", "A", "--data-root", root, "--out", out, "--results", out / "results.csv", *TRAIN, *extra]
+    """Setting E (frozen backbone, classifier only): the cheapest run of the full training path."""
+    return ["--setting", "E", "--backbone", root / "backbone.pt", "--data-root", root, "--out", out,
+            "--results", out / "results.csv", *TRAIN, *extra]
 
 
 def p1_infer(csv_path: Path, image_dir: Path, out: Path, checkpoint: Path) -> list[object]:
@@ -97,10 +100,26 @@ def mode_variants(src: Image.Image) -> dict[str, Image.Image]:
             "16bit": Image.fromarray(gray16), "odd": src.resize((37, 53))}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("backbone") / "backbone.pt"
+    torch.save(backbone_state(build_resnet("resnet18")), path)
+    return path
+
+
 @pytest.fixture
-def p1(tiny_data: Path, tmp_path: Path) -> Path:
-    """A fresh, small Problem 1 data root a test may break: 4 train / 2 val / 4 Mini-ImageNet images."""
-    return small_p1_root(tiny_data, tmp_path / "data", train=4, val=2, mini=4)
+def p1(tiny_data: Path, backbone: Path, tmp_path: Path) -> Path:
+    """A fresh, small Problem 1 data root a test may break: 4 train / 2 val / 4 Mini-ImageNet images, and a
+    random resnet18 backbone file beside them."""
+    root = small_p1_root(tiny_data, tmp_path / "data", train=4, val=2, mini=4)
+    (root / "backbone.pt").symlink_to(backbone)
+    return root
 
 
 @pytest.fixture
@@ -145,12 +164,12 @@ def test_bad_input_csv_row_naming_a_missing_file(p1, tmp_path, capsys):
           "named on line 6 of train.csv not found")
 
 
-def test_bad_input_duplicate_ids(p1, p1_classifier, tmp_path, capsys):
+def test_bad_input_duplicate_ids(p1, tmp_path, capsys):
     val = p1 / "p1_data" / "office" / "val"
     names = sorted(p.name for p in val.iterdir())
     test_csv = write_csv(tmp_path / "test.csv", ["id", "filename", "label"], [[7, names[0], ""], [7, names[1], ""]])
-    fails(capsys, p1_inference.main, p1_infer(test_csv, val, tmp_path / "pred.csv", p1_classifier), test_csv,
-          "line 3: duplicate id '7'")
+    fails(capsys, p1_inference.main, p1_infer(test_csv, val, tmp_path / "pred.csv", p1 / "backbone.pt"), test_csv,
+          "line 3: duplicate id '7'")  # the CSV is checked before the checkpoint is read
 
 
 @pytest.mark.parametrize("label, problem", [("cat", "label 'cat' is not an integer"), ("", "label '' is not an integer"),
@@ -245,14 +264,14 @@ def test_bad_input_off_palette_mask_colours_are_read_by_the_course_rule_and_red_
 # ---------------------------------------------------------------- outputs and checkpoints
 
 
-def test_bad_input_output_folder_not_writable(p1, p1_classifier, tmp_path, capsys):
+def test_bad_input_output_folder_not_writable(p1, tmp_path, capsys):
     """Run as root, permissions stop nothing: a folder under a plain file can never be made."""
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
     fails(capsys, p1_finetune.main, finetune(p1, blocker / "run"), blocker / "run", "cannot write here")
     val = p1 / "p1_data" / "office" / "val"
-    fails(capsys, p1_inference.main, p1_infer(val.parent / "val.csv", val, blocker / "sub" / "pred.csv", p1_classifier),
-          blocker / "sub", "cannot write here")
+    fails(capsys, p1_inference.main, p1_infer(val.parent / "val.csv", val, blocker / "sub" / "pred.csv", p1 / "backbone.pt"),
+          blocker / "sub", "cannot write here")  # before the checkpoint is even read
 
 
 def test_bad_input_hw1_2_sh_output_folder_not_writable(p2, seg_checkpoint, tmp_path):
@@ -285,9 +304,11 @@ def test_bad_input_resume_from_a_checkpoint_of_another_model(meta, problem, p1, 
     fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out", "--resume", other), other, problem)
 
 
-def test_bad_input_segmentation_checkpoint_of_another_model(p2, p1_classifier, tmp_path, capsys):
-    fails(capsys, p2_inference.main, p2_infer(p2 / "p2_data" / "validation", tmp_path / "masks", p1_classifier),
-          p1_classifier, "holds a classify model (resnet18), not a Problem 2 segmentation model")
+def test_bad_input_segmentation_checkpoint_of_another_model(p2, tmp_path, capsys):
+    classifier = tmp_path / "best.pt"
+    torch.save({"model": {}, "meta": {"task": "classify", "arch": "resnet18", "num_classes": 65, "image_size": 32}}, classifier)
+    fails(capsys, p2_inference.main, p2_infer(p2 / "p2_data" / "validation", tmp_path / "masks", classifier),
+          classifier, "holds a classify model (resnet18), not a Problem 2 segmentation model")
 
 
 @pytest.mark.parametrize("user", ["p1_inference", "p2_inference", "resume"])

@@ -22,17 +22,19 @@ import torch
 import p1_finetune
 from hw1.engine import Dist, EpochSampler
 from hw1.models import backbone_state, build_resnet
-from robust_helpers import PYTHON, ROOT, max_abs_diff, model_state, one_thread, run, small_p1_root
+from robust_helpers import PYTHON, ROOT, max_abs_diff, model_state, one_thread, run, small_p1_root, small_p2_root
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SMALL = ["--image-size", "32", "--workers", "0", "--device", "cpu", "--seed", "1"]
 
 
-def torchrun(script: str, args: list[str], tmp: Path) -> tuple[list[dict], dict[int, list[str]]]:
-    """Run `script` on 2 gloo ranks under the write spy; returns OUT/log.csv rows and each rank's written paths."""
+def torchrun(script: str, args: list[str], tmp: Path, checks: bool = False) -> tuple[list[dict], dict[int, list[str]], str]:
+    """Run `script` on 2 gloo ranks under the write spy (after tests/ddp_checks.py when `checks`);
+    returns OUT/log.csv rows, each rank's written paths and stdout."""
     spy = tmp / "spy"
     spy.mkdir()
-    proc = run([*TORCHRUN, "tests/write_spy.py", script, *args], timeout=400, env_extra={"SPY_DIR": str(spy)})
+    proc = run([*TORCHRUN, "tests/write_spy.py", script, *args], timeout=400,
+               env_extra={"SPY_DIR": str(spy), "DDP_CHECKS": "1" if checks else "0"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = Path(args[args.index("--out") + 1])
     with open(out / "log.csv", newline="") as f:
@@ -42,7 +44,7 @@ def torchrun(script: str, args: list[str], tmp: Path) -> tuple[list[dict], dict[
         path = spy / f"writes-rank{rank}.txt"
         lines = path.read_text().splitlines() if path.exists() else []
         writes[rank] = [line.split("\t", 1)[1] for line in lines]
-    return log, writes
+    return log, writes, proc.stdout
 
 
 def assert_only_rank0_writes(writes: dict[int, list[str]], tmp: Path, out: Path) -> None:
@@ -65,15 +67,27 @@ def test_sampler_splits_the_global_batch_across_ranks():
         assert sorted(together) == sorted(single[b * 8:(b + 1) * 8])
 
 
-def test_global_batchnorm_byol_heads_and_stop_agreement_under_two_gloo_ranks():
-    proc = run([*TORCHRUN, "tests/ddp_checks.py"], timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout
-
-
 @pytest.fixture(scope="module")
 def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_p1_root(tiny_data, tmp_path_factory.mktemp("ddp_data"))
+
+
+@pytest.fixture(scope="module")
+def byol_launch(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict], dict, str]:
+    """One torchrun launch: the gloo checks of tests/ddp_checks.py, then BYOL pre-training in the same ranks."""
+    tmp = tmp_path_factory.mktemp("ddp_byol")
+    out = tmp / "out"
+    log, writes, stdout = torchrun("p1_pretrain.py", [
+        "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--projection-size", "32",
+        "--projection-hidden-size", "64", "--data-root", str(p1_root), "--out", str(out), *SMALL], tmp, checks=True)
+    return tmp, out, log, writes, stdout
+
+
+def test_global_batchnorm_byol_heads_and_stop_agreement_under_two_gloo_ranks(byol_launch):
+    """GlobalBatchNorm1d == BatchNorm1d on the whole batch (outputs, gradients, running statistics); BYOL's heads
+    use it; one rank's SIGTERM or NaN stops both (tests/ddp_checks.py)."""
+    stdout = byol_launch[-1]
+    assert "rank 0 ok" in stdout and "rank 1 ok" in stdout
 
 
 def test_torchrun_finetune_frozen_backbone_matches_single_process(p1_root, tmp_path):
@@ -84,7 +98,7 @@ def test_torchrun_finetune_frozen_backbone_matches_single_process(p1_root, tmp_p
         return ["--setting", "E", "--backbone", str(backbone), "--arch", "resnet18", "--batch-size", "4", "--epochs", "1",
                 "--data-root", str(p1_root), "--out", str(out), "--results", str(out / "results.csv"), *SMALL]
 
-    log, writes = torchrun("p1_finetune.py", args(tmp_path / "ddp"), tmp_path)
+    log, writes, _ = torchrun("p1_finetune.py", args(tmp_path / "ddp"), tmp_path)
     with one_thread():
         p1_finetune.main(args(tmp_path / "single"))
     with open(tmp_path / "single" / "log.csv", newline="") as f:
@@ -97,24 +111,20 @@ def test_torchrun_finetune_frozen_backbone_matches_single_process(p1_root, tmp_p
     assert log[-1]["val_acc"] == single_log[-1]["val_acc"] and log[-1]["step"] == single_log[-1]["step"] == "3"
 
 
-def test_torchrun_byol_pretraining(p1_root, tmp_path):
-    out = tmp_path / "out"
-    log, writes = torchrun("p1_pretrain.py", [
-        "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--projection-size", "32",
-        "--projection-hidden-size", "64", "--data-root", str(p1_root), "--out", str(out), *SMALL], tmp_path)
-    assert_only_rank0_writes(writes, tmp_path, out)
+def test_torchrun_byol_pretraining(byol_launch):
+    tmp, out, log, writes, _ = byol_launch
+    assert_only_rank0_writes(writes, tmp, out)
     assert math.isfinite(float(log[-1]["train_loss"])) and log[-1]["step"] == "3"
     assert "knn_acc" in log[-1]  # evaluated on every rank, logged by rank 0
     assert (out / "backbone_last.pt").is_file() and (out / "first.pt").is_file()
 
 
 def test_torchrun_segmentation(tiny_data, tmp_path):
-    if not (tiny_data / "p2_data" / "train").is_dir():
-        pytest.skip("no Problem 2 sample data")
+    root = small_p2_root(tiny_data, tmp_path / "data", train=8, val=2)
     out = tmp_path / "out"
-    log, writes = torchrun("p2_train_deeplab.py", [
+    log, writes, _ = torchrun("p2_train_deeplab.py", [
         "--arch", "deeplabv3_mobilenet_v3_large", "--weights", "none", "--aux-weight", "0", "--batch-size", "4",
-        "--epochs", "1", "--max-steps", "2", "--data-root", str(tiny_data), "--out", str(out),
+        "--epochs", "1", "--max-steps", "2", "--data-root", str(root), "--out", str(out),
         "--results", str(out / "results.csv"), *SMALL], tmp_path)
     assert_only_rank0_writes(writes, tmp_path, out)
     assert math.isfinite(float(log[-1]["train_loss"])) and log[-1]["step"] == "2"

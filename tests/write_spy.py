@@ -3,7 +3,8 @@
     SPY_DIR=DIR torchrun --nproc_per_node 2 tests/write_spy.py p1_finetune.py ARGS...
 
 Writes DIR/writes-rank<RANK>.txt, one `how<TAB>path` line per write (open for writing, temp file,
-rename, torch.save), so a test can check that only rank 0 writes.
+rename, torch.save), so a test can check that only rank 0 writes. With DDP_CHECKS=1 the ranks run
+tests/ddp_checks.py first.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ tempfile.mkstemp = _spy("mkstemp", tempfile.mkstemp, 2, "dir")
 os.replace = _spy("replace", os.replace, 1, "dst")
 torch.save = _spy("torch.save", torch.save, 1, "f")
 
+if os.environ.get("DDP_CHECKS") == "1":  # the gloo checks first, in the same ranks (one launch fewer)
+    import ddp_checks
+
+    ddp_checks.run_all()
 sys.argv = sys.argv[1:]
 sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` would have it
 runpy.run_path(sys.argv[0], run_name="__main__")

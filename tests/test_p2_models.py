@@ -1,0 +1,64 @@
+"""P2 models: output N x 7 x H x W at 512 and at odd sizes; a failed weight download is one clear error."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision.models._api as tv_api
+
+from hw1.errors import UserError
+from hw1.seg_models import FCN32s, bilinear_kernel, build_seg_model
+
+
+@torch.no_grad()
+def test_fcn32s_predicts_every_pixel_at_any_size():
+    model = build_seg_model("fcn32s", "none").eval()
+    assert isinstance(model, FCN32s) and model.fc6.kernel_size == (7, 7) and model.fc7.kernel_size == (1, 1)
+    for h, w in ((100, 130), (37, 29), (512, 512)):
+        assert model(torch.randn(1, 3, h, w))["out"].shape == (1, 7, h, w)
+
+
+def test_fcn32s_upsampling_starts_bilinear():
+    k = bilinear_kernel(7, 64)
+    assert torch.equal(k[0, 1], torch.zeros(64, 64)) and k[3, 3].max() <= 1
+    # stride-32 taps of a bilinear kernel sum to 1 per output pixel: a constant map stays constant inside
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 7, 4, 4), k, stride=32, padding=16)
+    assert torch.allclose(up[..., 16:-16, 16:-16], torch.ones(()), atol=1e-6)
+
+
+@torch.no_grad()
+def test_deeplabv3_predicts_every_pixel_at_any_size():
+    # The report's ResNet101 at an odd size; 512 x 512 on the light backbone (same torchvision head and resize).
+    model = build_seg_model("deeplabv3_resnet101", "none", aux=True).eval()
+    out = model(torch.randn(1, 3, 100, 130))
+    assert out["out"].shape == (1, 7, 100, 130) and out["aux"].shape == (1, 7, 100, 130)
+    light = build_seg_model("deeplabv3_mobilenet_v3_large", "none").eval()
+    assert light.aux_classifier is None and light(torch.randn(1, 3, 512, 512))["out"].shape == (1, 7, 512, 512)
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "deeplabv3_resnet101"])
+def test_missing_pretrained_weights_without_internet_is_one_clear_error(arch, tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as err:
+        build_seg_model(arch, "default")
+    line = err.value.line()
+    assert "\n" not in line and "not in the local cache" in line and str(tmp_path) in line
+    assert "could not be downloaded" in line and "--weights none" in line
+
+
+def test_pretrained_deeplab_gets_fresh_7_class_heads(tmp_path, monkeypatch):
+    """`--weights default` path, with torchvision's download replaced by a 21-class state of the same model."""
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    coco_like = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda url, *a, **k: coco_like)
+    for aux in (True, False):
+        model = build_seg_model("deeplabv3_mobilenet_v3_large", "default", aux=aux)
+        assert model.classifier[4].out_channels == 7 and (model.aux_classifier is not None) == aux
+        assert torch.equal(model.backbone["0"][0].weight, coco_like["backbone.0.0.weight"])
