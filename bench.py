@@ -200,7 +200,7 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
             K.RandomHorizontalFlip(), K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
             K.RandomGaussianBlur((blur_kernel(s),) * 2, (0.1, 2.0), p=blur_p),
             K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p),
-            K.Normalize(torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD))).to(device)
+            K.Normalize(torch.tensor(data.IMAGENET_MEAN, device=device), torch.tensor(data.IMAGENET_STD, device=device)))
 
     kv = [kornia_view(**p) for p in VIEW_PARAMS]
     tv = [byol_view_transform(s, **p) for p in VIEW_PARAMS]
@@ -543,47 +543,43 @@ def main(argv: list[str] | None = None) -> dict:
             seconds[name] = round(now - clock[0], 1)
             clock[0] = now
 
-        c_rates: dict[str, float] = {}
         lap("setup")
-        if "aug" in sections:
-            rows += bench_aug(cfg, device)
-            lap("aug")
-        if "data" in sections:
-            rows += bench_data(cfg, device)
-            lap("data")
-        if "a" in sections:
-            rows.append(bench_byol_pytorch(cfg, device))
-            lap("a")
-        if "b" in sections:
-            rows.append(bench_step(cfg, device, "b: this project's step, CPU augmentation (TwoViews in the loader)",
-                                   "--no-gpu-aug", "--no-cache"))
-            lap("b")
-        if "c" in sections:
-            rows.append(bench_step(cfg, device, "c: cache + batched views on the device", "--gpu-aug", "--cache"))
-            c_rates["c"] = rows[-1]["images_per_s"]
-            lap("c")
-        if "c-compile" in sections:
-            with compile_backend(cfg.compile_backend):
-                rows.append(bench_step(cfg, device, f"c+compile: (c) with --compile (backend {cfg.compile_backend})",
-                                       "--gpu-aug", "--cache", "--compile"))
-            c_rates["c+compile"] = rows[-1]["images_per_s"]
-            lap("c-compile")
-        if "mfu" in sections:
-            flops = count_step_flops(cfg, device)
+
+        def attempt(name: str, fn: Callable[[], Any]) -> Any:
+            """Run one section; an error becomes an error row, so a long GPU run keeps its other numbers."""
+            if name not in sections:
+                return None
+            try:
+                return fn()
+            except Exception as err:  # noqa: BLE001 - reported in the table and the JSON
+                rows.append({"row": f"{name}: failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+                return None
+            finally:
+                lap(name)
+
+        def add_rows(name: str, fn: Callable[[], Any]) -> None:
+            got = attempt(name, fn)
+            rows.extend(got if isinstance(got, list) else [got] if got else [])
+
+        add_rows("aug", lambda: bench_aug(cfg, device))
+        add_rows("data", lambda: bench_data(cfg, device))
+        add_rows("a", lambda: bench_byol_pytorch(cfg, device))
+        add_rows("b", lambda: bench_step(cfg, device, "b: this project's step, CPU augmentation (TwoViews in the loader)",
+                                         "--no-gpu-aug", "--no-cache"))
+        add_rows("c", lambda: bench_step(cfg, device, "c: cache + batched views on the device", "--gpu-aug", "--cache"))
+        with compile_backend(cfg.compile_backend):
+            add_rows("c-compile", lambda: bench_step(cfg, device, f"c+compile: (c) with --compile (backend {cfg.compile_backend})",
+                                                     "--gpu-aug", "--cache", "--compile"))
+        flops = attempt("mfu", lambda: count_step_flops(cfg, device))
+        if flops:
             peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                                             if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+            c_rates = {k: r["images_per_s"] for r in rows for k in ("c", "c+compile") if r["row"].startswith(k + ":")}
             result["mfu"] = {"gflop_per_image": flops / 1e9, "peak_tflops": peak,
                              **{k: (flops * v / (peak * 1e12) if peak else None) for k, v in c_rates.items()}}
-            lap("mfu")
-        if "seg" in sections:
-            rows += bench_seg(cfg, device)
-            lap("seg")
-        if "hw12" in sections:
-            rows.append(bench_hw12(cfg, device, work))
-            lap("hw12")
-        if "profile" in sections:
-            result["profile"] = profile_step(cfg, device)
-            lap("profile")
+        add_rows("seg", lambda: bench_seg(cfg, device))
+        add_rows("hw12", lambda: bench_hw12(cfg, device, work))
+        result["profile"] = attempt("profile", lambda: profile_step(cfg, device))
         by = {r["row"].split(":")[0]: r.get("images_per_s") for r in rows}
         result["ratios"] = {k: v for k, v in {
             "c / a": _div(by.get("c"), by.get("a")), "c+compile / a": _div(by.get("c+compile"), by.get("a")),
@@ -595,7 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     result["env"] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_name()})",
         "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(), "command": "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in ("out",)},
@@ -606,6 +602,14 @@ def main(argv: list[str] | None = None) -> dict:
     io.write_text(out / "bench.md", markdown(result))
     print(markdown(result))
     return result
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def _div(a: float | None, b: float | None) -> float | None:

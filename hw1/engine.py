@@ -592,7 +592,8 @@ def _describe(record: dict) -> str:
 def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device, *,
                      batch_size: int = 256, workers: int = 0, amp: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """Run `fn` over an (image, label) dataset in order; returns (features, labels) on `device`."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     feats, labels = [], []
     for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         with autocast(device, amp):

@@ -11,7 +11,7 @@ BENCHMARKS.md, the GPU choice is untested until that section runs on a GPU):
 - kornia.augmentation draws per-sample crops (torchvision's sampler), flips, factors and sigmas,
   but its ColorJitter applies the four jitter steps in one order for the whole batch (torchvision:
   a fresh order per image), and that random order is read back to the host (`.tolist()`, a sync
-  on a GPU). On the CPU it was 2.5x slower than this file (bench.py `aug`, BENCHMARKS.md).
+  on a GPU). On the CPU it was 2.6x slower than this file (bench.py `aug`, BENCHMARKS.md).
 - here: parameters are drawn on the host (a CPU generator, so the same seed gives the same views
   on CPU and GPU, and nothing is read back from the device: no sync); the crop is one
   `roi_align` over per-sample boxes (adaptive sampling averages when a crop is shrunk, close to

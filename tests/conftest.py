@@ -57,3 +57,20 @@ def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFac
     p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
                       "--batch-size", "32", "--epochs", "1", "--max-steps", "2"])
     return out / "backbone_last.pt"
+
+
+# ---------------------------------------------------------------- Problem 2: a model for inference tests
+
+
+@pytest.fixture(scope="session")
+def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained DeepLabV3-MobileNetV3 checkpoint at 32 px, with the meta p2_train_deeplab.py writes."""
+    from hw1 import engine
+    from hw1.seg_data import NUM_CLASSES
+    from hw1.seg_models import build_seg_model
+
+    arch = "deeplabv3_mobilenet_v3_large"
+    path = tmp_path_factory.mktemp("seg_checkpoint") / "seg.pt"
+    engine.save_checkpoint(path, {"model": build_seg_model(arch, "none").state_dict(), "meta": {
+        "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none", "aux": False}})
+    return path

@@ -10,12 +10,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import pytest
 import torch
-
-from hw1 import engine
-from hw1.seg_data import NUM_CLASSES
-from hw1.seg_models import build_seg_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -82,12 +77,3 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     assert a.keys() == b.keys()
     return max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0) for k in a)
 
-
-@pytest.fixture(scope="session")
-def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained DeepLabV3-MobileNetV3 checkpoint at 32 px, as p2_train_deeplab.py would write it."""
-    arch = "deeplabv3_mobilenet_v3_large"
-    path = tmp_path_factory.mktemp("seg_checkpoint") / "seg.pt"
-    engine.save_checkpoint(path, {"model": build_seg_model(arch, "none").state_dict(), "meta": {
-        "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none", "aux": False}})
-    return path

@@ -25,7 +25,7 @@ import p2_train_fcn32
 from hw1.errors import run_main
 from hw1.models import backbone_state, build_resnet
 from hw1.seg_data import CLASS_COLOURS
-from robust_helpers import one_thread, run, seg_checkpoint, small_p1_root, small_p2_root  # noqa: F401 - a fixture
+from robust_helpers import one_thread, run, small_p1_root, small_p2_root
 
 TRAIN = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
          "--epochs", "1", "--max-steps", "1"]

@@ -16,6 +16,8 @@ from conftest import P1_SMALL
 from hw1 import data, engine
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
+from hw1.metrics import knn_accuracy
+from hw1.sample_data import write_p1
 
 BATCH = 8
 
@@ -79,6 +81,66 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
         assert isinstance(task.model.augment1, kind) and isinstance(task.model.augment2, kind)
         assert task.model.augment1 is not task.model.augment2
         assert task.model.online_encoder.use_simplicial_embeddings is False  # byol-pytorch 0.9 defaults it on: not BYOL
+
+
+@pytest.fixture(scope="module")
+def byol_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """BYOL at the recipe's lr (1e-4), 4 epochs = 24 steps, on sample data with 4 val images a class.
+
+    260 val images instead of the tiny set's 65 make the kNN comparison steady. Returns (data root,
+    run folder, the backbone's state as training received it: the random initialisation BYOL starts from).
+    """
+    root = tmp_path_factory.mktemp("byol_data")
+    write_p1(root, mini_per_class=3, office_train_per_class=3, office_val_per_class=4, size=64)
+    init: dict[str, torch.Tensor] = {}
+    real_fit = engine.fit
+
+    def fit_from_recorded_init(args, task, *rest):
+        init.update({k: v.detach().clone() for k, v in task.model.net.state_dict().items()})
+        return real_fit(args, task, *rest)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(p1_pretrain.engine, "fit", fit_from_recorded_init)
+        p1_pretrain.main(["--data-root", str(root), "--out", str(root / "run"), *P1_SMALL, "--device", "cpu",
+                          "--batch-size", "32", "--epochs", "4", "--projection-hidden-size", "256", "--no-cache"])
+    return root, root / "run", init
+
+
+def test_byol_reduces_its_loss(byol_run: tuple[Path, Path, dict]) -> None:
+    with open(byol_run[1] / "log.csv", newline="") as f:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 4
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+def test_byol_backbone_beats_its_random_initialisation_on_knn(byol_run: tuple[Path, Path, dict]) -> None:
+    """Cosine kNN (k=20), Office-Home train → val features at 32 px: BYOL's backbone vs the one it started from."""
+    root, out, init = byol_run
+    tf = data.classify_eval_transform(32)
+    train_set, val_set = data.office_dataset(root, "train", tf), data.office_dataset(root, "val", tf)
+
+    def knn(state: dict[str, torch.Tensor]) -> float:
+        net = torchvision.models.resnet18()
+        net.fc = torch.nn.Identity()
+        net.load_state_dict(state)
+        net.eval()
+        return knn_accuracy(*engine.extract_features(net, train_set, torch.device("cpu")),
+                            *engine.extract_features(net, val_set, torch.device("cpu")))
+
+    random_acc, byol_acc = knn(init), knn(torch.load(out / "backbone_last.pt", weights_only=True))
+    assert len(val_set) == 260
+    assert byol_acc >= random_acc + MARGIN, (random_acc, byol_acc)
+    with open(out / "log.csv", newline="") as f:
+        logged = float(list(csv.DictReader(f))[-1]["knn_acc"])
+    assert logged == pytest.approx(byol_acc, abs=1e-4)  # the script's own monitor measures the same thing
+
+
+def test_byol_backbone_files_load_into_torchvision(byol_run: tuple[Path, Path, dict]) -> None:
+    out = byol_run[1]
+    assert_plain_torchvision_backbone(out / "backbone_first.pt")
+    assert_plain_torchvision_backbone(out / "backbone_last.pt")
+    meta = torch.load(out / "last.pt", weights_only=False)["meta"]
+    assert meta["task"] == "pretrain-byol" and meta["arch"] == "resnet18"
 
 
 def assert_plain_torchvision_backbone(path: Path) -> None:

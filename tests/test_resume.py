@@ -26,7 +26,6 @@ import p2_inference
 from hw1 import engine, io
 from hw1.errors import run_main
 from robust_helpers import ENV, PYTHON, ROOT, max_abs_diff, one_thread, run, small_p1_root
-from robust_helpers import seg_checkpoint  # noqa: F401 - a fixture
 
 COMMON = ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
           "--seed", "3"]

@@ -268,6 +268,7 @@ def test_bench_quick_writes_its_table(tmp_path: Path) -> None:
     rows = {r["row"].split(":")[0]: r for r in result["rows"]}
     for key in ("aug", "data-b", "data-c", "a", "b", "c", "c+compile", "seg train", "seg inference", "hw1_2.sh"):
         assert key in rows, f"missing row {key}"
+    assert not [r for r in result["rows"] if "error" in r], [r for r in result["rows"] if "error" in r]
     assert all(r["images_per_s"] > 0 for r in result["rows"])
     assert rows["hw1_2.sh"]["masks_written"] == 2 and rows["hw1_2.sh"]["exit_code"] == 0
     assert result["mfu"]["gflop_per_image"] > 0 and result["mfu"]["c"] is None  # no peak known for a CPU
