@@ -2,7 +2,10 @@
 
 Each image draws its own crop, flip, jitter (with its own order of the four jitter steps, as
 torchvision's ColorJitter does per call), grayscale, blur sigma and solarize, from the same
-distributions as the CPU path (`hw1.byol.TwoViews`, PIL/torchvision per sample).
+distributions as the CPU path (`hw1.byol.TwoViews`, PIL/torchvision per sample). With the same
+parameters the output equals torchvision's per-image ops (tests/test_speed.py) except that values
+stay float between steps (torchvision rounds to uint8 after each) and the bilinear crop reads the
+real neighbouring pixel at the crop's 1-px border, where torchvision repeats the edge.
 
 Why our own ops and not a library (bench.py's `aug` section measures the three; CPU numbers in
 BENCHMARKS.md, the GPU choice is untested until that section runs on a GPU):

@@ -49,8 +49,7 @@ class FCN32s(nn.Module):
         self.features = vgg.features
         self.fc6 = nn.Conv2d(512, 4096, 7, padding=3)
         self.fc7 = nn.Conv2d(4096, 4096, 1)
-        self.head = nn.Sequential(self.fc6, nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                  self.fc7, nn.ReLU(inplace=True), nn.Dropout(0.5))
+        self.dropout = nn.Dropout(0.5)
         self.score = nn.Conv2d(4096, num_classes, 1)
         nn.init.zeros_(self.score.weight)  # as in the FCN paper: start from uniform class scores
         nn.init.zeros_(self.score.bias)
@@ -68,7 +67,9 @@ class FCN32s(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
         x = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
-        scores = self.upscore(self.score(self.head(self.features(x))))
+        x = self.dropout(F.relu(self.fc6(self.features(x)), inplace=True))
+        x = self.dropout(F.relu(self.fc7(x), inplace=True))
+        scores = self.upscore(self.score(x))
         return {"out": scores[..., :h, :w]}
 
 

@@ -1,0 +1,155 @@
+"""P2 end to end on the tiny sample data: a short DeepLabV3 run learns, logs and snapshots; hw1_2.sh
+writes one map-coloured mask per image that mean_iou.py scores; bad input is one `error:` line."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mean_iou
+import p2_inference
+import p2_train_deeplab
+import p2_train_fcn32
+from hw1 import engine, io
+from hw1.errors import run_main
+from hw1.seg_data import CLASS_COLOURS, CLASS_NAMES, SNAPSHOT_STEMS, SatMaskDataset, collate, find_pairs
+from hw1.seg_models import build_seg_model
+from hw1.segmentation import evaluate_miou
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ["--weights", "none", "--workers", "0", "--device", "cpu"]
+# The lightest setting that learns reliably from random weights: the MobileNetV3 DeepLabV3 at 64 px.
+ARCH, SIZE = "deeplabv3_mobilenet_v3_large", 64
+SHORT_RUN = ["--arch", ARCH, "--image-size", str(SIZE), "--batch-size", "4", "--epochs", "25", "--eval-every", "5",
+             "--lr", "1e-3", "--warmup-steps", "4", "--aux-weight", "0"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT of a short p2_train_deeplab.py run on the tiny sample data."""
+    out = tmp_path_factory.mktemp("p2_deeplab")
+    p2_train_deeplab.main(["--data-root", str(tiny_data), "--out", str(out), "--results", str(out / "results.csv"),
+                           *CPU, *SHORT_RUN])
+    return out
+
+
+def only_map_colours(path: Path) -> bool:
+    img = Image.open(path)
+    colours = np.unique(np.asarray(img).reshape(-1, 3), axis=0)
+    return img.mode == "RGB" and {tuple(c) for c in colours} <= {tuple(c) for c in CLASS_COLOURS}
+
+
+def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tiny_data):
+    val = SatMaskDataset(find_pairs(tiny_data / "p2_data" / "validation", need_masks=True), SIZE, full_res_masks=True)
+    torch.manual_seed(0)
+    untrained = build_seg_model(ARCH, "none").eval()
+    with torch.no_grad():
+        before = evaluate_miou(untrained, torch.utils.data.DataLoader(val, batch_size=8, collate_fn=collate),
+                               torch.device("cpu"), show=False)["miou"]
+    log = io.read_csv_rows(run_dir / "log.csv")
+    assert {"miou", *(f"iou_{c}" for c in CLASS_NAMES[:6])} <= log[-1].keys()
+    after = float(log[-1]["miou"])
+    assert after > before + 0.15 and after > 2 * before, (before, after)
+    assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
+    meta = engine.load_checkpoint(run_dir / "best.pt")["meta"]
+    assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none", "aux": False}
+
+
+def test_snapshots_at_early_middle_final_epochs(run_dir):
+    names = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    # 25 epochs: early = epoch 1, middle = epoch 13, final = epoch 25; a coloured mask and a figure each
+    expected = sorted(f"{stem}_epoch{e:03d}_{tag}{suffix}" for stem in SNAPSHOT_STEMS
+                      for e, tag in ((1, "early"), (13, "middle"), (25, "final")) for suffix in ("_mask.png", ".png"))
+    assert names == expected
+    for name in names:
+        if name.endswith("_mask.png"):
+            assert only_map_colours(run_dir / "snapshots" / name) and Image.open(run_dir / "snapshots" / name).size == (64, 64)
+        else:
+            assert Image.open(run_dir / "snapshots" / name).width > 3 * 64  # image | ground truth | prediction
+
+
+def test_hw1_2_sh_writes_one_map_mask_per_image_that_mean_iou_reads(run_dir, tiny_data, tmp_path, capsys):
+    images = tiny_data / "p2_data" / "validation"
+    out = tmp_path / "masks"
+    env = {**os.environ, "P2_CHECKPOINT": str(run_dir / "best.pt")}
+    proc = subprocess.run(["bash", str(ROOT / "hw1_2.sh"), str(images), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sats = sorted(p.name[:-len("_sat.jpg")] for p in images.glob("*_sat.jpg"))
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}_mask.png" for s in sats]
+    for stem in sats:
+        assert Image.open(out / f"{stem}_mask.png").size == Image.open(images / f"{stem}_sat.jpg").size
+        assert only_map_colours(out / f"{stem}_mask.png")
+
+    run_main(mean_iou.main)(["--pred", str(out), "--labels", str(images)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" : ")[0] for line in lines[:6]] == [f"class #{i}" for i in range(6)]
+    assert lines[-1].startswith("mean_iou: ") and len(lines) == 7
+    best = max(float(r["miou"]) for r in io.read_csv_rows(run_dir / "log.csv") if r["miou"])
+    assert math.isclose(float(lines[-1].split()[-1]), best, abs_tol=1e-6)  # inference == validation, same rule
+
+    # a re-run (with flip averaging) overwrites cleanly: the same files, no temporary ones left behind
+    run_main(p2_inference.main)([str(images), str(out), "--checkpoint", str(run_dir / "best.pt"), "--tta",
+                                 "--workers", "0", "--device", "cpu"])
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}_mask.png" for s in sats]
+    assert all(only_map_colours(out / f"{s}_mask.png") for s in sats)
+
+
+def test_hw1_2_sh_usage_and_no_images(tmp_path):
+    usage = subprocess.run(["bash", str(ROOT / "hw1_2.sh"), "only-one-arg"], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash hw1_2.sh IMAGE_DIR OUTPUT_DIR")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(["bash", str(ROOT / "hw1_2.sh"), str(empty), str(tmp_path / "out")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {empty}: no xxxx_sat.jpg images in this folder — check the path"]
+
+
+def copy_split(src: Path, dest: Path, n: int) -> Path:
+    dest.mkdir(parents=True)
+    for sat in sorted(src.glob("*_sat.jpg"))[:n]:
+        for name in (sat.name, sat.name.replace("_sat.jpg", "_mask.png")):
+            (dest / name).write_bytes((src / name).read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize("case", ["no images", "mask missing", "size mismatch", "checkpoint of the other model"])
+def test_bad_input_is_one_error_line(case, tiny_data, tmp_path, capsys):
+    root = tmp_path / "data"
+    train = copy_split(tiny_data / "p2_data" / "train", root / "p2_data" / "train", 2)
+    copy_split(tiny_data / "p2_data" / "validation", root / "p2_data" / "validation", 1)
+    argv = ["--data-root", str(root), "--out", str(tmp_path / "out"), *CPU, "--image-size", "32", "--max-steps", "1"]
+    main, expected = p2_train_fcn32.main, ""
+    if case == "no images":
+        for p in train.iterdir():
+            p.unlink()
+        expected = f"error: {train}: no xxxx_sat.jpg images in this folder"
+    elif case == "mask missing":
+        (train / "0001_mask.png").unlink()
+        expected = f"error: {train / '0001_mask.png'}: mask missing for image 0001_sat.jpg"
+    elif case == "size mismatch":
+        Image.open(train / "0000_mask.png").resize((48, 64)).save(train / "0000_mask.png")
+        expected = f"error: {train / '0000_mask.png'}: mask is 48x64 but its image 0000_sat.jpg is 64x64"
+    else:  # a Problem 1 classifier checkpoint handed to Problem 2 inference
+        classifier = tmp_path / "p1.pt"
+        engine.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50", "num_classes": 65}})
+        main, argv = p2_inference.main, [str(train), str(tmp_path / "masks"), "--checkpoint", str(classifier), "--device", "cpu"]
+        expected = f"error: {classifier}: holds a classify model (resnet50), not a Problem 2 segmentation model"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main)(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(expected), err
+
+
+@pytest.mark.parametrize("main", [p2_train_fcn32.main, p2_train_deeplab.main, p2_inference.main, mean_iou.main])
+def test_scripts_answer_help(main, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage:")
