@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"--- last lines of {log}:\n{_tail(log)}\n---", file=sys.stderr)
             raise UserError(log, f"stage '{stage.name}' failed (exit {rc}; missing: {', '.join(missing) or 'nothing'})",
                             "fix the cause shown above, then run the same command again to continue")
-    info = ReportInfo(preset=args.preset, command=shlex.join(["python", "reproduce.py", *(argv if argv is not None else sys.argv[1:])]),
+    how = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--report-only", "--in-process", "--force")]
+    info = ReportInfo(preset=args.preset, command=shlex.join(["python", "reproduce.py", *how]),
                       data_root=args.data_root, description=preset["description"], sample_data=preset["sample_data"] is not None,
                       machine=machine(), wall_seconds=None if args.report_only else time.time() - t_start,
                       ran_now=ran_now, model_names=MODEL_TREES)

@@ -188,6 +188,7 @@ class Figures:
 def compare_runs(path: Path, logs: dict[str, Path], metric: str, ylabel: str) -> bool:
     """One plot of `metric` per epoch for several runs (e.g. validation accuracy of A–E)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn = False
@@ -200,6 +201,7 @@ def compare_runs(path: Path, logs: dict[str, Path], metric: str, ylabel: str) ->
         plt.close(fig)
         return False
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -395,8 +397,8 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
             add(f"| {name} | {s.get('seconds', '—')} | {s.get('cpu_seconds', '—')} | {s.get('status', '—')} |")
         wall, cpu = (sum(s.get(k, 0) for s in stages.values()) for k in ("seconds", "cpu_seconds"))
         add(f"| total | {wall:.0f} | {cpu:.0f} | |")
-        add("\nCPU seconds (user + system, all threads) do not grow when other programs share the machine; "
-            "wall seconds do.")
+        add("\nCPU seconds (user + system, all threads) grow little when other programs share the machine; "
+            "wall seconds grow with the load.")
         add("\n```bash")
         for name, s in stages.items():
             add(f"# {name}\n{s['command']}")

@@ -39,6 +39,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="joint image/mask augmentation: flip = identity / horizontal / vertical flip (the "
                              "reference), flip+scale adds a random zoom-in crop (default: %(default)s)")
     parser.add_argument("--results", default="runs/p2_results.csv", help="append the final mIoU here (default: %(default)s)")
+    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
+                        help="before each validation, re-estimate batch-norm statistics from this many training "
+                             "batches; for short runs from --weights none, whose running averages trail the "
+                             "fast-moving weights (default: %(default)s, off)")
 
 
 # ---------------------------------------------------------------- prediction and evaluation
@@ -75,6 +79,26 @@ def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, sh
     return {"miou": miou, **{f"iou_{name}": v for name, v in zip(CLASS_NAMES, ious)}}
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, batches: int, world_size: int) -> None:
+    """Set every batch-norm layer's running statistics to their plain average over `batches` training
+    batches ("precise BN"), averaged over ranks; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over the batches seen
+    if norms:
+        model.train()
+        for _, batch in zip(range(batches), loader):
+            model(engine.to_device(batch, device)["image"])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        engine.all_reduce_sum(m.running_mean).div_(world_size)
+        engine.all_reduce_sum(m.running_var).div_(world_size)
+    model.eval()
+
+
 # ---------------------------------------------------------------- snapshots
 
 
@@ -83,24 +107,13 @@ def snapshot_tags(epoch: int, epochs: int, last: bool) -> list[str]:
     return [tag for tag, hit in (("early", epoch == 0), ("middle", epoch == (epochs - 1) // 2), ("final", last)) if hit]
 
 
-def save_panels(path: Path, panels: list[tuple[str, np.ndarray]]) -> None:
-    """One figure of images side by side, titled, written atomically."""
-    from matplotlib.figure import Figure  # only snapshot epochs pay for importing matplotlib
-
-    fig = Figure(figsize=(4 * len(panels), 4.4), layout="constrained")
-    for ax, (title, image) in zip(fig.subplots(1, len(panels)), panels):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(title)
-        ax.set_axis_off()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
 @torch.no_grad()
 def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch: int, tags: list[str],
                     device: torch.device, amp: bool) -> None:
     """For each snapshot stem present: OUT/snapshots/<stem>_epochNNN_<tags>_mask.png and a figure
     image | ground truth | prediction beside it."""
+    from .viz import save_image_grid  # matplotlib: imported by training runs only, when a snapshot is due
+
     was_training = model.training
     model.eval()
     for index, pair in enumerate(val_set.pairs):
@@ -112,9 +125,9 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
         pred = pred.cpu().numpy()
         name = f"{pair.stem}_epoch{epoch + 1:03d}_{'-'.join(tags)}"
         write_mask(out / "snapshots" / f"{name}_mask.png", pred)
-        save_panels(out / "snapshots" / f"{name}.png", [
-            (f"{pair.stem}_sat.jpg", np.asarray(load_rgb(pair.image))), ("ground truth", classes_to_rgb(item["mask"].numpy())),
-            (f"prediction, epoch {epoch + 1} ({', '.join(tags)})", classes_to_rgb(pred))])
+        save_image_grid(out / "snapshots" / f"{name}.png",
+                        [[np.asarray(load_rgb(pair.image)), classes_to_rgb(item["mask"].numpy()), classes_to_rgb(pred)]],
+                        row_titles=[pair.stem], col_titles=["image", "ground truth", f"epoch {epoch + 1} ({', '.join(tags)})"])
     model.train(was_training)
 
 
@@ -152,9 +165,14 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         if tags:
             write_snapshots(model, val_set, out, epoch, tags, device, args.amp)
 
+    def evaluate(m: nn.Module, epoch: int) -> dict:
+        if args.bn_recalibrate:
+            recalibrate_batchnorm(m, loader, device, args.bn_recalibrate, dist.world_size)
+        return evaluate_miou(m, val_loader, device, show=dist.is_main)
+
     task = engine.Task(
         model=model, loss_fn=loss_fn, monitor="miou", on_epoch_end=on_epoch_end,
-        evaluate=lambda m, epoch: evaluate_miou(m, val_loader, device, show=dist.is_main),
+        evaluate=evaluate,
         meta={"task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": args.image_size,
               "weights": args.weights, "aux": aux_weight > 0},
     )

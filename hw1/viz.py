@@ -104,6 +104,7 @@ def save_curves(log_csv: str | os.PathLike, path: str | os.PathLike, title: str 
                 ax.plot(epochs[~np.isnan(ys)], ys[~np.isnan(ys)], marker="o" if len(rows) < 30 else None, ms=3, label=key)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if name == "validation" and keys:
             ax.legend(fontsize=8)

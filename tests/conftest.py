@@ -24,6 +24,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------- Problem 1: small runs shared by the test_p1_* files
 
 P1_SMALL = ["--arch", "resnet18", "--image-size", "32", "--workers", "0"]
+P1_LEARN_EPOCHS = 6
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +33,19 @@ def p1_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     import p1_pretrain
 
     out = tmp_path_factory.mktemp("p1_pretrain")
-    p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--batch-size", "32",
+    p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "32",
                       "--epochs", "1", "--max-steps", "2", "--projection-hidden-size", "256"])
     return out / "backbone_last.pt"
 
 
 @pytest.fixture(scope="session")
 def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A resnet18 Office-Home classifier checkpoint (`best.pt`) from a short setting-A run on the tiny data."""
+    """A resnet18 Office-Home classifier (`best.pt`): setting A, 6 epochs at lr 2e-3 on the tiny data (it learns)."""
     import p1_finetune
 
     out = tmp_path_factory.mktemp("p1_finetune_A")
-    p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
-                      "--batch-size", "32", "--epochs", "1", "--max-steps", "2", "--results", str(out / "results.csv")])
+    p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
+                      "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3", "--results", str(out / "results.csv")])
     return out / "best.pt"
 
 
@@ -54,7 +55,7 @@ def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFac
     import p1_pretrain
 
     out = tmp_path_factory.mktemp("p1_supervised")
-    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
+    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
                       "--batch-size", "32", "--epochs", "1", "--max-steps", "2"])
     return out / "backbone_last.pt"
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import p1_finetune
-from conftest import P1_SMALL
+from conftest import P1_LEARN_EPOCHS, P1_SMALL
 
 SETTINGS = ("A", "B", "C", "D", "E")
 
 
 def run_finetune(root: Path, out: Path, setting: str, backbone: Path | None, *extra: str) -> None:
-    p1_finetune.main(["--setting", setting, "--data-root", str(root), "--out", str(out), *P1_SMALL,
+    p1_finetune.main(["--setting", setting, "--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu",
                       "--results", str(out / "results.csv"), *(["--backbone", str(backbone)] if backbone else []), *extra])
 
 
@@ -57,3 +57,12 @@ def test_setting_runs_and_a_frozen_backbone_stays_bit_identical(setting: str, ti
         assert changed == []
     else:  # full fine-tuning moves weights and BN statistics: the same check would catch a leak
         assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("conv1.weight") for k in changed)
+
+
+def test_setting_a_learns_well_above_chance(p1_classifier: Path) -> None:
+    """From random initialisation, a few epochs on the tiny data (1 val image a class) beat chance (1/65) clearly."""
+    with open(p1_classifier.parent / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == P1_LEARN_EPOCHS
+    assert float(log[-1]["train_loss"]) < 0.6 * float(log[0]["train_loss"])
+    assert float(log[-1]["val_acc"]) >= LEARNED, [r["val_acc"] for r in log]
