@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -213,7 +214,12 @@ def cached_dataset(args: argparse.Namespace, paths: Sequence[Path], name: str, *
     folder = Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache"
     side = side or image_side(paths)
     existing = folder / f"{name}-{side}px-{cache_key(paths, side)}.npy"
-    if args.cache is None and not existing.is_file() and not fits(folder, len(paths), side):
+    use = args.cache is True or existing.is_file() or fits(folder, len(paths), side)
+    if torch_dist.is_initialized():  # every rank must take the same branch, or the barrier below hangs
+        decision = [use]
+        torch_dist.broadcast_object_list(decision, src=0)
+        use = decision[0]
+    if not use:
         print(f"note: the decoded-image cache of {name} does not fit in {folder} (or it is not writable); "
               "reading the image files directly (pass --cache-dir to put it elsewhere)")
         return None
