@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime
 import math
+import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours
 import os
 import random
 import signal
@@ -216,6 +218,17 @@ class Seeded(Dataset):
         finally:
             if saved is not None:
                 set_rng_state(saved)
+
+
+@atexit.register  # registered after multiprocessing's exit handler (imported above), so it runs first
+def _kill_leftover_loader_workers() -> None:
+    """At exit multiprocessing terminates daemonic children (SIGTERM), then joins them. Loader workers ignore
+    SIGTERM (below), and an error raised in one leaves its iterator alive in the traceback, so that join
+    would wait forever: kill such leftovers first."""
+    for proc in multiprocessing.active_children():
+        if proc.daemon:
+            proc.kill()
+            proc.join(timeout=5)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -1,12 +1,9 @@
 """One error path for the project: user mistakes become one line and exit code 2."""
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import functools
-import gc
-import multiprocessing.util  # noqa: F401 - registers its exit handler first, so ours (below) runs before it
 import os
 import sys
 import tempfile
@@ -84,21 +81,6 @@ def _one_line(text: object) -> str:
 
 
 WARNINGS = WarningCounter()
-
-
-@atexit.register
-def _release_loader_workers() -> None:
-    """Free a failed run's traceback before multiprocessing's exit handler joins the loader workers.
-
-    An error raised in (or re-raised from) a DataLoader worker leaves the loader's iterator reachable
-    from the traceback (a reference cycle). Our workers ignore SIGTERM (engine._ignore_stop_signals),
-    so multiprocessing's `terminate()` at exit does nothing and its `join()` would wait forever; once
-    the cycle is collected, the iterator shuts its workers down through their queues instead.
-    """
-    for name in ("last_exc", "last_value", "last_traceback", "last_type"):
-        if hasattr(sys, name):
-            setattr(sys, name, None)
-    import torch.utils.data._utils as U; print("HOOK flag", U.python_exit_status, gc.collect(), file=sys.stderr)
 
 
 def run_main(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], None]:

@@ -264,8 +264,9 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
     if info.machine:
         facts.append(f"machine: {info.machine}")
     if info.wall_seconds is not None:
+        skipped = len(stages) - len(info.ran_now)
         facts.append(f"wall time of this invocation: {info.wall_seconds / 60:.1f} min, {len(info.ran_now)} of "
-                     f"{len(stages)} stages run now (the others were already done)")
+                     f"{len(stages)} stages run" + (f" ({skipped} were done before and skipped)" if skipped else ""))
     add("\n".join(f"- {f}" for f in facts) + "\n")
 
     # ------------------------------------------------ Problem 1
@@ -325,26 +326,27 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
     add("### Validation mIoU (`hw1_2.sh` masks scored by `mean_iou.py`)\n")
     add("| model | reference mIoU | ours mIoU | " + " | ".join(SEG_CLASSES) + " |")
     add("|---|---|---|" + "---|" * len(SEG_CLASSES))
+    labels = {}  # the reference model's name, and the arch this run trained when it differs
     for model, (name, ref) in P2_REFERENCE.items():
         parsed = parse_mean_iou(layout.miou(model))
         ious, miou = parsed if parsed else ([math.nan] * len(SEG_CLASSES), math.nan)
         arch = _seg_arch(layout.seg(model) / "log.csv", layout.p2_results)
-        label = name if not arch or arch in name.lower().replace("-", "_") else f"{name} (this run: {arch})"
-        add(f"| {label} | {ref:.4f} | {_fmt(miou)} | " + " | ".join(_fmt(v) for v in ious) + " |")
+        labels[model] = name if not arch or arch in name.lower().replace("-", "_") else f"{name} (this run: {arch})"
+        add(f"| {labels[model]} | {ref:.4f} | {_fmt(miou)} | " + " | ".join(_fmt(v) for v in ious) + " |")
     add("\nPer-class IoU by the course's rule (SPEC §4): all validation masks pooled, Unknown not averaged; "
         "the reference report gives only the mean.\n")
     p2_figs = []
-    for model, (name, _) in P2_REFERENCE.items():
-        if (link := figs.curves(layout.seg(model) / "log.csv", f"curves_p2_{model}.png", f"model {name}", metrics=["miou"])):
-            p2_figs.append((f"model {name}", link))
+    for model, label in labels.items():
+        if (link := figs.curves(layout.seg(model) / "log.csv", f"curves_p2_{model}.png", f"model {label}", metrics=["miou"])):
+            p2_figs.append((f"model {label}", link))
     if p2_figs:
         add("### Training curves\n")
         add("\n\n".join(f"**{t}**\n\n![{t}]({link})" for t, link in p2_figs) + "\n")
     progress = []
-    for model, (name, _) in P2_REFERENCE.items():
+    for model, label in labels.items():
         png = report_dir / f"progress_{model}.png"
         if progress_figure(png, layout.seg(model) / "snapshots", Path(info.data_root) / "p2_data" / "validation"):
-            progress.append((f"model {name}", png.name))
+            progress.append((f"model {label}", png.name))
     if progress:
         add("### Mask progress: early, middle and final epochs\n")
         add("Predictions for validation images 0013, 0062 and 0104 at the first, middle and last epoch.\n")
@@ -397,8 +399,8 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
             add(f"| {name} | {s.get('seconds', '—')} | {s.get('cpu_seconds', '—')} | {s.get('status', '—')} |")
         wall, cpu = (sum(s.get(k, 0) for s in stages.values()) for k in ("seconds", "cpu_seconds"))
         add(f"| total | {wall:.0f} | {cpu:.0f} | |")
-        add("\nCPU seconds (user + system, all threads) grow little when other programs share the machine; "
-            "wall seconds grow with the load.")
+        add("\nWall seconds grow with the load of other programs on the machine (its load average is above); "
+            "CPU seconds (user + system, all threads) grow less, but also some.")
         add("\n```bash")
         for name, s in stages.items():
             add(f"# {name}\n{s['command']}")
