@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if dist.is_main:
         print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {dist.world_size}")
-    engine.fit(args, task, loader, dist, device)
-    if dist.is_main:
+    history = engine.fit(args, task, loader, dist, device)
+    if dist.is_main and history:
         print(f"backbone: {out / 'backbone_last.pt'}")
     engine.cleanup_distributed()
 
