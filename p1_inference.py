@@ -29,9 +29,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-dir", required=True, help="folder holding the images the CSV names")
     parser.add_argument("--out", required=True, help="output CSV (its folder is created)")
     parser.add_argument("--checkpoint", default=None,
-                        help="classifier checkpoint (default: $P1_CHECKPOINT, else checkpoints/p1_classifier.pt beside this script)")
+                        help="classifier checkpoint (default: $P1_CHECKPOINT, else checkpoints/p1_classifier.pt "
+                             "beside this script)")
     parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="data-loader processes (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
@@ -65,7 +67,8 @@ def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]
                         "pass a checkpoint written by p1_finetune.py (its OUT/best.pt)")
     arch, num_classes, size = meta.get("arch"), meta.get("num_classes"), meta.get("image_size")
     if arch not in ARCHS or not isinstance(size, int):
-        raise UserError(path, f"classifier meta names arch={arch!r}, image_size={size!r}", f"expected one of {', '.join(ARCHS)} and an integer size")
+        raise UserError(path, f"classifier meta names arch={arch!r}, image_size={size!r}",
+                        f"expected one of {', '.join(ARCHS)} and an integer size")
     if num_classes != data.NUM_OFFICE_CLASSES:
         raise UserError(path, f"classifier predicts {num_classes} classes, Office-Home has {data.NUM_OFFICE_CLASSES}",
                         "pass an Office-Home classifier")
@@ -91,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     image_dir = Path(args.image_dir)
-    dataset = data.ImageListDataset([image_dir / r.filename for r in rows], transform=data.classify_eval_transform(meta["image_size"]))
-    logits, _ = engine.extract_features(model, dataset, device, batch_size=args.batch_size, workers=args.workers, desc="inference")
+    dataset = data.ImageListDataset([image_dir / r.filename for r in rows],
+                                    transform=data.classify_eval_transform(meta["image_size"]))
+    logits, _ = engine.extract_features(model, dataset, device, batch_size=args.batch_size, workers=args.workers,
+                                        desc="inference")
     preds = logits.argmax(1).tolist()
     io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
     print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device} "

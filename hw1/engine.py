@@ -225,9 +225,12 @@ def _kill_leftover_loader_workers() -> None:
     """At exit multiprocessing terminates daemonic children (SIGTERM), then joins them. Loader workers ignore
     SIGTERM (below), and an error raised in one leaves its iterator alive in the traceback, so that join
     would wait forever: kill such leftovers first."""
-    for proc in multiprocessing.active_children():
-        if proc.daemon:
+    leftovers = [proc for proc in multiprocessing.active_children() if proc.daemon]
+    if leftovers:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise "worker killed" in here
+        for proc in leftovers:
             proc.kill()
+        for proc in leftovers:
             proc.join(timeout=5)
 
 
@@ -608,8 +611,9 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Datase
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
                         worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     feats, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        with autocast(device, amp):
-            feats.append(fn(to_device(images, device)).float())
-        labels.append(torch.as_tensor(targets).to(device))
+    with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:  # cleared before an error's one line
+        for images, targets in bar:
+            with autocast(device, amp):
+                feats.append(fn(to_device(images, device)).float())
+            labels.append(torch.as_tensor(targets).to(device))
     return torch.cat(feats), torch.cat(labels)

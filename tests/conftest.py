@@ -45,7 +45,8 @@ def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     out = tmp_path_factory.mktemp("p1_finetune_A")
     p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
-                      "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3", "--results", str(out / "results.csv")])
+                      "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3",
+                      "--results", str(out / "results.csv")])
     return out / "best.pt"
 
 

@@ -23,12 +23,16 @@ def visible_lines(stderr: str) -> list[str]:
     return [seg for line in stderr.split("\n") if (seg := line.rsplit("\r", 1)[-1].strip())]
 
 
-def assert_one_error_line(main: Callable, argv: list[str], capsys: pytest.CaptureFixture, *expected: str) -> str:
+def assert_one_error_line(main: Callable, argv: list[str], capsys: pytest.CaptureFixture, *expected: str,
+                          during_inference: bool = False) -> str:
+    """Exit code 2 and one `error:` line; before inference starts, stderr holds that line and nothing else."""
     with pytest.raises(SystemExit) as exc:
         run_main(main)(argv)
     _, err = capsys.readouterr()
     assert exc.value.code == 2
     assert "Traceback" not in err
+    if not during_inference:  # mid-inference, the cleared progress bar's characters come first
+        assert err.startswith("error: ") and err.count("\n") == 1, err
     lines = visible_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert all(text in lines[0] for text in expected), lines[0]
@@ -70,8 +74,9 @@ def test_training_csv_missing_the_label_column(tiny_data: Path, tmp_path: Path, 
         (office / split).symlink_to(tiny_data / "p1_data" / "office" / split)
         shutil.copy(tiny_data / "p1_data" / "office" / f"{split}.csv", office / f"{split}.csv")
     write_csv(office / "train.csv", ["id", "filename"], [[0, "0_0.jpg"]])
-    assert_one_error_line(p1_finetune.main, ["--setting", "A", "--data-root", str(root), "--out", str(tmp_path / "run"),
-                                             "--arch", "resnet18", "--workers", "0", "--device", "cpu"], capsys, "train.csv", "missing column(s) label")
+    argv = ["--setting", "A", "--data-root", str(root), "--out", str(tmp_path / "run"), "--arch", "resnet18",
+            "--workers", "0", "--device", "cpu"]
+    assert_one_error_line(p1_finetune.main, argv, capsys, "train.csv", "missing column(s) label")
 
 
 def test_csv_naming_a_missing_image(images: Path, p1_classifier: Path, capsys: pytest.CaptureFixture) -> None:
@@ -86,17 +91,19 @@ def test_unreadable_image(images: Path, p1_classifier: Path, capsys: pytest.Capt
     (images / "junk.jpg").write_bytes(GARBAGE)
     bad = write_csv(images.parent / "t.csv", ["id", "filename", "label"], [[0, "0_1000.jpg", ""], [1, "junk.jpg", ""]])
     assert_one_error_line(p1_inference.main, infer_args(bad, images, p1_classifier, workers), capsys,
-                          "junk.jpg: unreadable image")
+                          "junk.jpg: unreadable image", during_inference=True)
     assert not (images.parent / "out.csv").exists()
 
 
-def test_backbone_of_another_architecture(tiny_data: Path, p1_backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert_one_error_line(p1_finetune.main, ["--setting", "C", "--backbone", str(p1_backbone), "--arch", "resnet50",
-                                             "--data-root", str(tiny_data), "--out", str(tmp_path), "--workers", "0", "--device", "cpu"],
-                          capsys, str(p1_backbone), "backbone is resnet18 but --arch is resnet50")
+def test_backbone_of_another_architecture(tiny_data: Path, p1_backbone: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    argv = ["--setting", "C", "--backbone", str(p1_backbone), "--arch", "resnet50", "--data-root", str(tiny_data),
+            "--out", str(tmp_path), "--workers", "0", "--device", "cpu"]
+    assert_one_error_line(p1_finetune.main, argv, capsys, str(p1_backbone), "backbone is resnet18 but --arch is resnet50")
 
 
-def test_inference_refuses_checkpoints_that_are_not_classifiers(images: Path, p1_backbone: Path, capsys: pytest.CaptureFixture) -> None:
+def test_inference_refuses_checkpoints_that_are_not_classifiers(images: Path, p1_backbone: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
     """A pre-training checkpoint and a plain backbone file: the line says what the file holds."""
     good = write_csv(images.parent / "t.csv", ["id", "filename", "label"], [[0, "0_1000.jpg", ""]])
     assert_one_error_line(p1_inference.main, infer_args(good, images, p1_backbone.parent / "last.pt"), capsys,
@@ -104,7 +111,8 @@ def test_inference_refuses_checkpoints_that_are_not_classifiers(images: Path, p1
     assert_one_error_line(p1_inference.main, infer_args(good, images, p1_backbone), capsys,
                           "holds a plain state_dict (resnet18 weights")
     (images / "text.pt").write_text("not a checkpoint")
-    assert_one_error_line(p1_inference.main, infer_args(good, images, images / "text.pt"), capsys, "not a readable checkpoint")
+    assert_one_error_line(p1_inference.main, infer_args(good, images, images / "text.pt"), capsys,
+                          "not a readable checkpoint")
 
 
 def test_hw1_1_sh_exits_with_one_error_line_on_an_unreadable_image(images: Path, p1_classifier: Path) -> None:
@@ -116,10 +124,11 @@ def test_hw1_1_sh_exits_with_one_error_line_on_an_unreadable_image(images: Path,
     bad = write_csv(images.parent / "t.csv", ["id", "filename", "label"], [[0, "0_1000.jpg", ""], [1, "junk.jpg", ""]])
     env = {**os.environ, "P1_CHECKPOINT": str(p1_classifier)}
     proc = subprocess.run(["bash", str(ROOT / "hw1_1.sh"), str(bad), str(images), str(images.parent / "out.csv")],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    lines = visible_lines(proc.stderr)
+                          env=env, capture_output=True, timeout=120)
+    stderr = proc.stderr.decode()  # bytes: text mode would turn tqdm's erasing \r into new lines
+    assert proc.returncode == 2 and "Traceback" not in stderr
+    lines = visible_lines(stderr)
     errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and "junk.jpg: unreadable image" in errors[0], proc.stderr
-    assert all(line.startswith(("error: ", "note: ", "warning: ")) for line in lines), proc.stderr
+    assert len(errors) == 1 and "junk.jpg: unreadable image" in errors[0], stderr
+    assert all(line.startswith(("error: ", "note: ", "warning: ")) for line in lines), stderr
     assert not (images.parent / "out.csv").exists()

@@ -66,7 +66,8 @@ def test_hw1_1_sh_usage_on_wrong_argument_count(tmp_path: Path) -> None:
 def test_checkpoint_choice_flag_then_env_then_default(tiny_data: Path, p1_classifier: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     office = tiny_data / "p1_data" / "office"
-    args = ["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"), "--out", str(tmp_path / "p.csv"), "--workers", "0", "--device", "cpu"]
+    args = ["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"), "--out", str(tmp_path / "p.csv"),
+            "--workers", "0", "--device", "cpu"]
     default = tmp_path / "checkpoints" / "p1_classifier.pt"
     monkeypatch.setattr(p1_inference, "DEFAULT_CHECKPOINT", default)
     monkeypatch.delenv("P1_CHECKPOINT", raising=False)
