@@ -33,7 +33,7 @@ DEFAULT_BACKBONES = {"B": "hw1_data/p1_data/pretrain_model_SL.pt", "D": "hw1_dat
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine.add_common_args(parser, epochs=100, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
+    engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E")
     parser.add_argument("--backbone", default=None,
                         help="backbone state_dict for B–E (default: B/D the course's pretrain_model_SL.pt, "
