@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 import p1_finetune
+import reproduce
 from conftest import P1_LEARN_EPOCHS, P1_SMALL
 
 SETTINGS = ("A", "B", "C", "D", "E")
@@ -67,3 +69,14 @@ def test_setting_a_learns_well_above_chance(p1_classifier: Path) -> None:
     assert len(log) == P1_LEARN_EPOCHS
     assert float(log[-1]["train_loss"]) < 0.6 * float(log[0]["train_loss"])
     assert float(log[-1]["val_acc"]) >= LEARNED, [r["val_acc"] for r in log]
+
+
+def test_defaults_are_the_reference_recipe(capsys: pytest.CaptureFixture) -> None:
+    """SPEC §5: 500 epochs, batch 128, 100 warm-up iterations; `--help` says so and the full preset keeps them."""
+    args = p1_finetune.get_args_parser().parse_args(["--setting", "A"])
+    assert (args.epochs, args.batch_size, args.warmup_steps, args.lr, args.weight_decay) == (500, 128, 100, 1e-4, 0.05)
+    with pytest.raises(SystemExit):
+        p1_finetune.main(["--help"])
+    assert re.search(r"--epochs EPOCHS\s+default: 500\b", capsys.readouterr().out)
+    full = reproduce.PRESETS["full"]
+    assert "--epochs" not in full["finetune"] and "500 epochs" in full["description"]
