@@ -122,8 +122,8 @@ def test_downloads_and_verifies(client: str, repo: Path, server: Server) -> None
     assert f"checkpoints/{NAME}: downloaded, sha256 verified" in proc.stdout
 
 
-def test_file_url(repo: Path, server: Server) -> None:
-    list_file(repo, (server.root / NAME).as_uri())
+def test_file_url_and_a_table_with_crlf_and_upper_case_hex(repo: Path, server: Server) -> None:
+    (repo / "checkpoints" / "MANIFEST").write_bytes(f"{NAME} {sha(PAYLOAD).upper()} {(server.root / NAME).as_uri()}\r\n".encode())
     assert download(repo).returncode == 0 and (repo / "checkpoints" / NAME).read_bytes() == PAYLOAD
 
 
