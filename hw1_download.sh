@@ -10,6 +10,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DIR="$REPO/checkpoints"
 MANIFEST="$DIR/MANIFEST"
 SHOWN="checkpoints/MANIFEST"  # how error lines name the table
+CLIENT=""                    # curl or wget, picked when the first download starts
 FILL="bash hw1_download.sh --write-manifest URL_PREFIX checkpoints/p1_classifier.pt checkpoints/p2_deeplab.pt"
 
 die() { echo "error: $1" >&2; exit "${2:-2}"; }  # one line; exit 2 for a bad table or command, 1 for a failed download
@@ -40,6 +41,12 @@ write_manifest() {  # URL_PREFIX FILE...: replace or add each file's line, keep 
   echo "wrote $SHOWN; commit it"
 }
 
+pick_client() {  # curl when present, else wget; only once something must be downloaded
+  CLIENT="${HW1_DOWNLOADER:-$(command -v curl >/dev/null && echo curl || echo wget)}"
+  case "$CLIENT" in curl|wget) command -v "$CLIENT" >/dev/null || die "$CLIENT: not found — install curl or wget";;
+    *) die "HW1_DOWNLOADER=$CLIENT: unknown client — use curl or wget";; esac
+}
+
 fetch() {  # URL PART: download to PART, resuming it; prints the client's last line when it fails
   local err rc
   err="$(mktemp)"
@@ -67,6 +74,7 @@ download() {  # NAME SHA URL: checkpoints/NAME verified against SHA, or one erro
   # A .part left by a stopped run is resumed. If the server cannot resume (curl exit 33, e.g. python's
   # http.server) or the bytes come out wrong (the file changed upstream), it is fetched once afresh;
   # a server that cannot be reached at all keeps the .part for the next run.
+  [ -n "${CLIENT:-}" ] || pick_client
   for attempt in resume fresh; do
     if [ "$attempt" = resume ]; then
       [ -s "$part" ] || continue
@@ -93,12 +101,10 @@ download() {  # NAME SHA URL: checkpoints/NAME verified against SHA, or one erro
   die "$url: sha256 $got is not the $sha that $SHOWN lists; not kept — upload the right file or re-run --write-manifest" 1
 }
 
+case "${1:-}" in -h|--help) sed -n "2,7s/^# \{0,1\}//p" "${BASH_SOURCE[0]}"; exit;; esac
 if [ "${1:-}" = --write-manifest ]; then shift; write_manifest "$@"; exit; fi
 [ "$#" -eq 0 ] || die "$1: unknown argument — usage: bash hw1_download.sh [--write-manifest URL_PREFIX FILE...]"
 [ -f "$MANIFEST" ] || die "$SHOWN: not found — restore it from the repository (git checkout checkpoints/MANIFEST)"
-CLIENT="${HW1_DOWNLOADER:-$(command -v curl >/dev/null && echo curl || echo wget)}"
-case "$CLIENT" in curl|wget) command -v "$CLIENT" >/dev/null || die "$CLIENT: not found — install curl or wget";;
-  *) die "HW1_DOWNLOADER=$CLIENT: unknown client — use curl or wget";; esac
 
 lines=()
 lineno=0

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = [c for c in ("curl", "wget") if shutil.which(c)]
 NAME = "p1_classifier.pt"
 PAYLOAD = os.urandom(200_000)
+needs_curl = pytest.mark.skipif("curl" not in CLIENTS, reason="curl not installed")
 
 
 def sha(data: bytes) -> str:
@@ -107,10 +108,16 @@ def files(repo: Path) -> list[str]:
     return sorted(p.name for p in (repo / "checkpoints").iterdir() if p.name != "MANIFEST")
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_manifest_is_committed_not_ignored() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", "checkpoints/MANIFEST"], cwd=ROOT)
     assert ignored.returncode == 1  # 1: not ignored; the checkpoints themselves stay ignored
     assert subprocess.run(["git", "check-ignore", "-q", "checkpoints/p1_classifier.pt"], cwd=ROOT).returncode == 0
+
+
+def test_help(repo: Path) -> None:
+    proc = download(repo, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("Fetch the trained checkpoints") and "--write-manifest" in proc.stdout
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -122,6 +129,7 @@ def test_downloads_and_verifies(client: str, repo: Path, server: Server) -> None
     assert f"checkpoints/{NAME}: downloaded, sha256 verified" in proc.stdout
 
 
+@needs_curl
 def test_file_url_and_a_table_with_crlf_and_upper_case_hex(repo: Path, server: Server) -> None:
     (repo / "checkpoints" / "MANIFEST").write_bytes(f"{NAME} {sha(PAYLOAD).upper()} {(server.root / NAME).as_uri()}\r\n".encode())
     assert download(repo).returncode == 0 and (repo / "checkpoints" / NAME).read_bytes() == PAYLOAD
@@ -193,6 +201,7 @@ def test_offline_is_one_line_and_keeps_a_partial_download(client: str, repo: Pat
     assert files(repo) == [f"{NAME}.part"]
 
 
+@needs_curl
 def test_bad_url_is_one_line(repo: Path, server: Server) -> None:
     list_file(repo, f"{server.url}/no_such_file.pt")
     one_error_line(download(repo), 1, f"{server.url}/no_such_file.pt: download of {NAME} failed (")
@@ -210,6 +219,7 @@ def test_empty_missing_or_malformed_table_is_one_line(repo: Path) -> None:
     one_error_line(download(repo), 2, "checkpoints/MANIFEST: not found")
 
 
+@needs_curl
 def test_write_manifest_lists_uploaded_files(repo: Path, server: Server) -> None:
     ckpt, offline = repo / "checkpoints", f"http://127.0.0.1:{closed_port()}/hw1"
     (ckpt / NAME).write_bytes(b"old")
