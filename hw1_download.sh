@@ -32,8 +32,8 @@ write_manifest() {  # URL_PREFIX FILE...: replace or add each file's line, keep 
     [ -f "$file" ] || die "$file: file not found — pass the checkpoints you uploaded, e.g. checkpoints/p1_classifier.pt"
     name="$(basename "$file")"
     case "$name" in *" "*) die "$file: file name has a space — rename it";; esac
-    awk -v n="$name" '$1 != n' "$tmp" > "$tmp.new" && mv "$tmp.new" "$tmp"
     [ "$name" != MANIFEST ] || die "$file: MANIFEST is the table itself — pass the checkpoints"
+    awk -v n="$name" '$1 != n' "$tmp" > "$tmp.new" && mv "$tmp.new" "$tmp"
     echo "$name $(sha256 "$file") $prefix/$name" >> "$tmp"
     echo "listed $name: upload $file to $prefix/$name"
   done
@@ -71,10 +71,10 @@ download() {  # NAME SHA URL: checkpoints/NAME verified against SHA, or one erro
     if [ "$(sha256 "$dest")" = "$sha" ]; then echo "checkpoints/$name: present, sha256 verified"; return; fi
     echo "checkpoints/$name: sha256 does not match $SHOWN; downloading it again (replaced once verified)"
   fi
-  # A .part left by a stopped run is resumed. If the server cannot resume (curl exit 33, e.g. python's
-  # http.server) or the bytes come out wrong (the file changed upstream), it is fetched once afresh;
+  # A .part left by a stopped run is resumed. If the server cannot resume (curl exit 33 from e.g.
+  # python's http.server) or the bytes come out wrong (the file changed upstream), it is fetched once afresh;
   # a server that cannot be reached at all keeps the .part for the next run.
-  [ -n "${CLIENT:-}" ] || pick_client
+  [ -n "$CLIENT" ] || pick_client
   for attempt in resume fresh; do
     if [ "$attempt" = resume ]; then
       [ -s "$part" ] || continue
