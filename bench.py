@@ -537,8 +537,9 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
     rows[f"monitor forward: {cfg.arch} over {cfg.overhead_images} images at 128 px"] = row
 
     model = build_byol(cfg.arch, 128, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    for p in model.parameters():
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the target network, as in engine.fit
+    opt = torch.optim.AdamW(trained, lr=1e-4, fused=device.type == "cuda")
+    for p in trained:
         p.grad = torch.zeros_like(p)
     opt.step()  # AdamW's two moments exist from the first step on
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1}
@@ -562,9 +563,9 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
         for epoch in range(2):  # epoch 0 starts the workers, as every epoch did before; epoch 1 finds them kept
             loader.sampler.set_epoch(epoch)
             t = time.perf_counter()
-            for _ in zip(range(1), loader):
-                pass
-            firsts.append(time.perf_counter() - t)
+            for k, _ in enumerate(loader):  # whole epochs: a kept pool is idle (not draining) when the next starts
+                if k == 0:
+                    firsts.append(time.perf_counter() - t)
         rows[f"loader start-up, {name}, {cfg.workers} workers: first batch"] = {
             "seconds": firsts[1], "before_s": firsts[0]}
         del loader
