@@ -49,7 +49,7 @@ def add_common_args(
     g.add_argument("--save-every", type=int, default=1, metavar="N",
                    help="write OUT/last.pt every N epochs, after the last and on SIGTERM/SIGINT (default: %(default)s)")
     g.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
-                   help="... or at the first epoch end M minutes after the previous write (default: %(default)s)")
+                   help="also write it at the first epoch end M minutes after the previous write (default: %(default)s)")
     g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=weight_decay, help="default: %(default)s")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (default: 0.9 0.999)")
@@ -418,6 +418,9 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             io.write_text(out / "model.txt", text)
             print(text + f"\nwrote {out / 'model.txt'}")
         return []
+    for flag in ("eval_every", "save_every"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}", f"must be 1 or more, not {getattr(args, flag)}", "pass a number of epochs")
     if dist.is_main:
         io.ensure_dir(out)  # an unwritable --out fails now, not after the first epoch
     params = [p for p in model.parameters() if p.requires_grad]
