@@ -15,6 +15,13 @@ peak memory: CUDA's allocator peak, on CPU the growth of the process's resident 
   hw1_2.sh  wall time of `bash hw1_2.sh` on --hw12-images generated images, start-up included
   profile   torch.profiler of one step of (c): top ops; share of data, forward (augment), backward,
             optimiser, EMA
+  overhead  what an epoch costs besides its steps, at the reference sizes: the kNN monitor's data path
+            (before: decode --overhead-images JPEGs in two fresh loader pools; now: cached uint8,
+            in-process), writing last.pt and backbone_last.pt of a BYOL --arch state, and the training
+            loader's start-up (fresh workers, as every epoch paid before, vs kept workers)
+
+Rows (b), (c) and c+compile also give engine.fit's own split of the run's wall time (log.csv's
+columns): step_s (optimiser steps, data wait included), data_wait_s, eval_s, checkpoint_s.
 
     python bench.py --out runs/bench                 # full sizes (on an H100: the GPU rows)
     python bench.py --quick --out runs/bench_quick   # CPU, tiny sizes, < 60 s (tests/test_speed.py)
@@ -52,7 +59,7 @@ from hw1.gpu_aug import batch_views
 
 ROOT = Path(__file__).resolve().parent
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 (datasheet; sparse is twice)
-SECTIONS = ("aug", "data", "a", "b", "c", "c-compile", "mfu", "seg", "hw12", "profile")
+SECTIONS = ("aug", "data", "a", "b", "c", "c-compile", "mfu", "seg", "hw12", "profile", "overhead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -78,6 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg-steps", type=int, default=5, help="timed segmentation steps (default: %(default)s)")
     parser.add_argument("--seg-warmup", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--hw12-images", type=int, default=257, help="default: %(default)s")
+    parser.add_argument("--overhead-images", type=int, default=4357,
+                        help="Office-Home-sized monitor set of the overhead section, 128 px (default: %(default)s, "
+                             "train + val)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak for MFU (default: known for H100/H200/A100, else n/a)")
     parser.add_argument("--compile-backend", default="inductor",
@@ -90,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 QUICK = dict(device="cpu", arch="resnet18", batch_size=8, image_size=32, steps=3, warmup=1, workers=0,
              seg_size=64, seg_batch=2, seg_archs=["fcn32s", "deeplabv3_mobilenet_v3_large"],
-             seg_train_archs=["deeplabv3_mobilenet_v3_large"], seg_steps=1, seg_warmup=0, hw12_images=2, compile_backend="eager", threads=1)
+             seg_train_archs=["deeplabv3_mobilenet_v3_large"], seg_steps=1, seg_warmup=0, hw12_images=2, compile_backend="eager", threads=1,
+             overhead_images=64)
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -321,13 +332,14 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
         engine.seed_everything(0)
         with PeakMemory(device) as mem:
             task, loader = p1_pretrain.setup(args, engine.Dist(), device)
-            task.evaluate, task.on_epoch_end, task.keep_first = None, None, False
+            task.evaluate, task.on_save, task.keep_first = None, None, False
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
-                engine.fit(args, task, loader, engine.Dist(), device)
+                history = engine.fit(args, task, loader, engine.Dist(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
-    row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first}
+    row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first,
+           **{k: history[-1][k] for k in ("step_s", "data_wait_s", "eval_s", "checkpoint_s")}}
     if device.type == "cuda":  # the loop itself reads the loss back every 20 steps and at the last one
         row["implicit_syncs_in_timed_steps"] = sum("synchroniz" in str(w.message) for w in caught)
     return row
@@ -437,7 +449,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
         args = pretrain_args(cfg, Path(out), "--gpu-aug", "--cache")
         args.max_steps = 4  # steps 0, 1 wait, 2 warms the profiler up, 3 is recorded
         task, loader = p1_pretrain.setup(args, engine.Dist(), device)
-        task.evaluate, task.on_epoch_end, task.keep_first = None, None, False
+        task.evaluate, task.on_save, task.keep_first = None, None, False
         forward, ema = task.loss_fn, task.after_step
 
         def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -476,6 +488,99 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
             "top_ops": [{"op": e.key, "ms": getattr(e, key) / 1e3, "calls": e.count} for e in top]}
 
 
+def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) -> dict[str, dict]:
+    """Seconds an epoch spends besides its steps (see the module docstring), each before and after issue 12."""
+    import p1_pretrain
+    from hw1 import cache
+    from hw1.byol import TwoViews, build_byol
+
+    rows: dict[str, dict] = {}
+    n_val = max(1, round(cfg.overhead_images * 406 / 4357))  # Office-Home's train / val split
+    office = {split: make_images(work / "office" / split, n, 128, seed=7 + k)
+              for k, (split, n) in enumerate((("train", cfg.overhead_images - n_val), ("val", n_val)))}
+    pool = lambda x: x.float().mean((2, 3))  # noqa: E731 - a stand-in for the backbone: the data path alone
+
+    tf = data.classify_eval_transform(128)
+    t = time.perf_counter()
+    for paths in office.values():  # before: engine.extract_features over the JPEGs, a fresh pool each set
+        engine.extract_features(pool, data.ImageListDataset(paths, [0] * len(paths), tf), device, workers=cfg.workers)
+    rows["monitor data path, before: decode the JPEGs, 2 fresh loader pools"] = {"seconds": time.perf_counter() - t}
+    args = argparse.Namespace(cache=True, cache_dir=str(work / "cache"), data_root=str(work), workers=cfg.workers)
+    t = time.perf_counter()
+    images = {k: cache.decoded_images(args, paths, f"office_{k}").to(device) for k, paths in office.items()}
+    rows["monitor set-up, once a run: build the cache, load it on the device"] = {"seconds": time.perf_counter() - t}
+    sync(device)
+    t = time.perf_counter()
+    for x in images.values():
+        p1_pretrain.features(pool, x, 128)
+    sync(device)
+    rows["monitor data path, now: cached uint8 on the device, in-process"] = {"seconds": time.perf_counter() - t}
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_resnet_features(cfg.arch).to(device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, 128, 128, device=device))
+    gflop = counter.get_total_flops() / 1e9
+    row = {"gflop_per_image": gflop, "gflop_per_evaluation": gflop * cfg.overhead_images}
+    if device.type == "cuda":  # the monitor's forward itself, as the training process runs it
+        net.eval()
+        with torch.no_grad(), engine.autocast(device):
+            net = net.to(memory_format=torch.channels_last)
+            p1_pretrain.features(net, images["val"], 128)
+            sync(device)
+            t = time.perf_counter()
+            for x in images.values():
+                p1_pretrain.features(net, x, 128)
+            sync(device)
+        row["seconds"] = time.perf_counter() - t
+    rows[f"monitor forward: {cfg.arch} over {cfg.overhead_images} images at 128 px"] = row
+
+    model = build_byol(cfg.arch, 128, device)
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the target network, as in engine.fit
+    opt = torch.optim.AdamW(trained, lr=1e-4, fused=device.type == "cuda")
+    for p in trained:
+        p.grad = torch.zeros_like(p)
+    opt.step()  # AdamW's two moments exist from the first step on
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1}
+    for name, obj in (("last.pt", state), ("backbone_last.pt", model.net.state_dict())):
+        path = Path(cfg.out) / f".overhead-{name}"  # the output disk, not a RAM-backed temp folder
+        sync(device)
+        t = time.perf_counter()
+        engine.save_checkpoint(path, obj)
+        rows[f"write {name} ({cfg.arch} BYOL{', AdamW state' if name == 'last.pt' else ''})"] = {
+            "seconds": time.perf_counter() - t, "gb": path.stat().st_size / 1e9}
+        path.unlink()
+    del model, opt, state
+
+    paths = data.mini_paths(cfg.data_root)
+    c_path = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
+    for name, dataset in (("(c) cache", cache.CachedImages(c_path)),
+                          ("(b) TwoViews", data.ImageListDataset(paths, transform=TwoViews(cfg.image_size)))):
+        loader = engine.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0,
+                                    dist=engine.Dist(), device=device)
+        firsts = []
+        for epoch in range(2):  # epoch 0 starts the workers, as every epoch did before; epoch 1 finds them kept
+            loader.sampler.set_epoch(epoch)
+            t = time.perf_counter()
+            for k, _ in enumerate(loader):  # whole epochs: a kept pool is idle (not draining) when the next starts
+                if k == 0:
+                    firsts.append(time.perf_counter() - t)
+        rows[f"loader start-up, {name}, {cfg.workers} workers: first batch"] = {
+            "seconds": firsts[1], "before_s": firsts[0]}
+        del loader
+    return rows
+
+
+def build_resnet_features(arch: str) -> torch.nn.Module:
+    """The backbone the monitor runs: a torchvision ResNet without `fc`."""
+    from hw1.models import build_resnet
+
+    net = build_resnet(arch)
+    net.fc = torch.nn.Identity()
+    return net
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -510,6 +615,11 @@ def markdown(result: dict) -> str:
         lines += [f"| {k} | {v:.1f} | {v / step:.0%} |" for k, v in p["phases_ms"].items()]
         lines += ["", "| top op | ms (self) | calls |", "|---|---|---|"]
         lines += [f"| `{o['op']}` | {o['ms']:.1f} | {o['calls']} |" for o in p["top_ops"]]
+    if result.get("overhead"):
+        lines += ["", "per-epoch overhead (seconds; `before_s`: what every epoch paid before issue 12):", "",
+                  "| cost | seconds | notes |", "|---|---|---|"]
+        lines += [f"| {k} | {fmt(v.get('seconds'), 3)} | {'; '.join(f'{n}={fmt(x, 3)}' for n, x in v.items() if n != 'seconds')} |"
+                  for k, v in result["overhead"].items()]
     if result.get("section_seconds"):
         lines += ["", "seconds per section: " + ", ".join(f"{k} {v}" for k, v in result["section_seconds"].items())]
     return "\n".join(lines) + "\n"
@@ -580,6 +690,7 @@ def main(argv: list[str] | None = None) -> dict:
         add_rows("seg", lambda: bench_seg(cfg, device))
         add_rows("hw12", lambda: bench_hw12(cfg, device, work))
         result["profile"] = attempt("profile", lambda: profile_step(cfg, device))
+        result["overhead"] = attempt("overhead", lambda: bench_overhead(cfg, device, work))
         by = {r["row"].split(":")[0]: r.get("images_per_s") for r in rows}
         result["ratios"] = {k: v for k, v in {
             "c / a": _div(by.get("c"), by.get("a")), "c+compile / a": _div(by.get("c+compile"), by.get("a")),

@@ -91,20 +91,24 @@ def build(paths: Sequence[Path], side: int, target: Path, *, workers: int = 0, d
           skip_unreadable: bool = True) -> None:
     """Decode `paths` at side x side into `target` (.npy), through a temp file renamed at the end."""
     _check_space(target.parent, cache_bytes(len(paths), side))
-    # Its own generator: building the cache must not move the global RNG, or a run that builds it would
+    with io.atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
+        _decode_into(arr, paths, side, workers, desc, skip_unreadable)
+        arr.flush()
+        del arr
+
+
+def _decode_into(arr: np.ndarray, paths: Sequence[Path], side: int, workers: int, desc: str, skip_unreadable: bool) -> None:
+    # Its own generator: decoding must not move the global RNG, or a run that builds a cache would
     # initialise its model differently from one that finds it built.
     loader = DataLoader(_Decode(paths, side, skip_unreadable), batch_size=64, num_workers=workers,
                         collate_fn=lambda items: np.stack(items), generator=torch.Generator())
-    with io.atomic_path(target) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-        i = 0
-        with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
-            for batch in loader:
-                arr[i:i + len(batch)] = batch
-                i += len(batch)
-                bar.update(len(batch))
-        arr.flush()
-        del arr
+    i = 0
+    with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for batch in loader:
+            arr[i:i + len(batch)] = batch
+            i += len(batch)
+            bar.update(len(batch))
 
 
 def _check_space(folder: Path, need: int) -> None:
@@ -236,3 +240,17 @@ def maybe_cached(args: argparse.Namespace, dataset: ImageListDataset, name: str,
     cached = cached_dataset(args, dataset.paths, name, labels=dataset.labels, transform=dataset.transform,
                             is_main=is_main, barrier=barrier, skip_unreadable=dataset.skip_unreadable)
     return cached if cached is not None else dataset
+
+
+def decoded_images(args: argparse.Namespace, paths: Sequence[Path], name: str, *, is_main: bool = True,
+                   barrier: Callable[[], None] | None = None) -> torch.Tensor:
+    """Every image of `paths` in one uint8 (N, 3, side, side) tensor in memory: read from the cache when it is
+    on (`cached_dataset`), else decoded here once. An unreadable image is an error (evaluation sets)."""
+    cached = cached_dataset(args, paths, name, is_main=is_main, barrier=barrier, skip_unreadable=False)
+    if cached is not None:
+        arr = np.array(cached.array)
+    else:
+        side = image_side(paths)
+        arr = np.empty((len(paths), side, side, 3), dtype=np.uint8)
+        _decode_into(arr, paths, side, args.workers, f"decoding {name} ({len(paths)} images)", skip_unreadable=False)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -46,6 +46,10 @@ def add_common_args(
     g.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from CKPT, or from OUT/last.pt when no path is given")
+    g.add_argument("--save-every", type=int, default=1, metavar="N",
+                   help="write OUT/last.pt every N epochs, after the last and on SIGTERM/SIGINT (default: %(default)s)")
+    g.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
+                   help="also write it at the first epoch end M minutes after the previous write (default: %(default)s)")
     g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=weight_decay, help="default: %(default)s")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (default: 0.9 0.999)")
@@ -243,12 +247,18 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, seed: int, dist: Dist,
                 device: torch.device, collate_fn: Callable | None = None) -> DataLoader:
-    """A loader whose sampler is an `EpochSampler`; `batch_size` is the global batch."""
+    """A loader whose sampler is an `EpochSampler`; `batch_size` is the global batch.
+
+    Its workers live across epochs: the sampler runs in this process and hands each worker
+    `(index, sample_seed)` keys, so a kept worker still sees each epoch's order and seeds. Its own
+    generator (for the workers' base seeds, which `Seeded` overrides) keeps starting an epoch off
+    the global RNG, so a fresh loader after a resume draws nothing a kept one would not.
+    """
     sampler = EpochSampler(len(dataset), batch_size, shuffle=train, seed=seed, dist=dist, drop_last=train)  # type: ignore[arg-type]
     return DataLoader(
         Seeded(dataset), batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", drop_last=False, persistent_workers=False,
-        collate_fn=collate_fn, prefetch_factor=4 if workers > 0 else None,
+        pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0,
+        collate_fn=collate_fn, prefetch_factor=4 if workers > 0 else None, generator=torch.Generator(),
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
     )
 
@@ -320,9 +330,11 @@ def check_meta(path: str | os.PathLike, found: dict, expected: dict, keys: tuple
 
 
 def rng_state() -> dict:
+    """The global generators. CUDA: this process's own device only. Every DDP rank is seeded alike and draws
+    alike, so rank 0's state fits every rank's device; rank 0's copies of the other devices were never used."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -330,8 +342,8 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 _RECIPE_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "batch_size", "image_size", "epochs", "seed")
@@ -387,11 +399,12 @@ class Task:
     meta: dict                                                  # task, arch, num_classes, image_size…
     evaluate: Callable[[nn.Module, int], dict] | None = None    # (model, epoch) → metrics, run on every rank
     monitor: str | None = None                                  # metric for `best.pt` (higher is better)
+    before_step: Callable[[int], None] | None = None            # e.g. seed the batched BYOL views for this step
     after_step: Callable[[int], None] | None = None             # e.g. the BYOL target EMA
-    on_epoch_end: Callable[[int, dict], None] | None = None     # rank 0 only: exports, snapshots
-    extra_state: Callable[[], dict] | None = None
-    load_extra_state: Callable[[dict], None] | None = None
-    keep_first: bool = False                                    # also write `first.pt` after epoch 0
+    on_epoch_end: Callable[[int, dict], None] | None = None     # rank 0 only: snapshots
+    on_save: Callable[[int], None] | None = None                # rank 0, with each epoch-end `last.pt`: exports
+    keep_first: bool = False                                    # also write `first.pt` (and `last.pt`) after epoch 0
+    keep_best: bool = True                                      # write `best.pt` when the monitor improves
     device_batch: Callable[[Any, torch.device], Any] = to_device
 
 
@@ -405,6 +418,9 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             io.write_text(out / "model.txt", text)
             print(text + f"\nwrote {out / 'model.txt'}")
         return []
+    for flag in ("eval_every", "save_every"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}", f"must be 1 or more, not {getattr(args, flag)}", "pass a number of epochs")
     if dist.is_main:
         io.ensure_dir(out)  # an unwritable --out fails now, not after the first epoch
     params = [p for p in model.parameters() if p.requires_grad]
@@ -416,7 +432,7 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
     warmup, total = schedule_lengths(args, steps_per_epoch, verbose=dist.is_main)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(warmup, total))
 
-    start_epoch, start_batch, step, best, resume_rng = 0, 0, 0, -math.inf, None
+    start_epoch, start_batch, step, best = 0, 0, 0, -math.inf
     if args.resume:
         path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
         if args.resume == "auto" and not path.exists():
@@ -442,13 +458,10 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                 group.update(betas=betas, weight_decay=weight_decay, initial_lr=args.lr, lr=args.lr * factor(scheduler.last_epoch))
             start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
             best = ckpt.get("best", -math.inf)
-            if task.load_extra_state and "extra" in ckpt:
-                task.load_extra_state(ckpt["extra"])
-            resume_rng = ckpt["rng"]
-            if start_batch == 0:  # a mid-epoch state is restored once that epoch's loader has started
-                set_rng_state(resume_rng)
+            set_rng_state(ckpt["rng"])  # starting a loader draws nothing from it (make_loader)
             if dist.is_main:
                 print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {step}")
+                _drop_rows_after(out / "log.csv", start_epoch)
 
     train_model: nn.Module = model
     if dist.enabled:
@@ -462,11 +475,11 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best": best,
             "args": vars(args), "meta": task.meta, "rng": rng_state(),
-            "extra": task.extra_state() if task.extra_state else {},
         }
 
     max_steps = args.max_steps if args.max_steps is not None else math.inf
     history: list[dict] = []
+    last_save = time.monotonic()
     with _StopRequested() as stop:
         for epoch in range(start_epoch, args.epochs):
             if step >= max_steps:
@@ -474,17 +487,17 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
             first_batch = sampler.start_batch
             model.train()
-            t0 = time.time()
             loss_sum = torch.zeros((), device=device)
             first_bad = torch.full((), math.inf, device=device)
-            n_steps, stopping = 0, False
-            batches = iter(loader)  # starting a loader draws from the global RNG, as it did before the checkpoint
-            if first_batch and resume_rng is not None:
-                set_rng_state(resume_rng)
-            bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not dist.is_main,
+            n_steps, stopping, data_wait = 0, False, 0.0
+            t0 = t_ready = time.perf_counter()
+            bar = tqdm(iter(loader), total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not dist.is_main,
                        leave=False, dynamic_ncols=True)
             for i, batch in enumerate(bar, start=first_batch):
+                data_wait += time.perf_counter() - t_ready  # blocked on the loader (its start-up included)
                 batch = task.device_batch(batch, device)
+                if task.before_step:
+                    task.before_step(step)
                 with autocast(device, args.amp):
                     loss = task.loss_fn(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -505,6 +518,7 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if stopping or step >= max_steps:
                     break
+                t_ready = time.perf_counter()
             bar.close()
             finished_epoch = i + 1 >= steps_per_epoch if n_steps else True
             if stopping and not finished_epoch:
@@ -513,27 +527,40 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                     save_checkpoint(out / "last.pt", checkpoint(epoch, i + 1))
                     print(f"saved {out / 'last.pt'} (epoch {epoch + 1}, batch {i + 1}); resume with --resume")
                 _exit_stopped()
-            mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * dist.world_size)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": mean_loss,
-                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2)}
+            mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * dist.world_size)  # a sync: the steps are done
+            _raise_if_nonfinite(model, step, out)
+            t_steps = time.perf_counter()
+            record = {"epoch": epoch + 1, "step": step, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
             last = epoch + 1 == args.epochs or step >= max_steps
             if task.evaluate and ((epoch + 1) % args.eval_every == 0 or last):
                 model.eval()
                 with torch.no_grad(), autocast(device, args.amp):
                     record.update(task.evaluate(model, epoch))
+            t_eval = time.perf_counter()
             improved = task.monitor is not None and task.monitor in record and record[task.monitor] > best
             if improved:
                 best = record[task.monitor]
+            first = task.keep_first and epoch == 0
+            due = (last or stopping or first or (epoch + 1) % args.save_every == 0
+                   or time.monotonic() - last_save >= 60 * args.save_minutes)
+            if dist.is_main and (due or (improved and task.keep_best)):
+                state = checkpoint(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else i + 1)
+                if due:
+                    save_checkpoint(out / "last.pt", state)
+                    if first:
+                        save_checkpoint(out / "first.pt", state)
+                    if task.on_save:
+                        task.on_save(epoch)
+                    last_save = time.monotonic()
+                if improved and task.keep_best:
+                    save_checkpoint(out / "best.pt", state)
+            t_saved = time.perf_counter()
+            # Where the epoch's wall time went (on a GPU, a stall shows here): steps (data wait included), monitor, files.
+            record.update(step_s=round(t_steps - t0, 3), data_wait_s=round(data_wait, 3), eval_s=round(t_eval - t_steps, 3),
+                          checkpoint_s=round(t_saved - t_eval, 3))
             history.append(record)
-            _raise_if_nonfinite(model, step, out)
             if dist.is_main:
                 io.append_csv_row(out / "log.csv", record)
-                state = checkpoint(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else i + 1)
-                save_checkpoint(out / "last.pt", state)
-                if task.keep_first and epoch == 0:
-                    save_checkpoint(out / "first.pt", state)
-                if improved:
-                    save_checkpoint(out / "best.pt", state)
                 if task.on_epoch_end:
                     task.on_epoch_end(epoch, record)
                 print(_describe(record))
@@ -543,6 +570,17 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                     print(f"stopped after epoch {epoch + 1}; resume with --resume")
                 _exit_stopped()
     return history
+
+
+def _drop_rows_after(log: Path, epoch: int) -> None:
+    """A resumed run redoes the epochs after its checkpoint: drop their rows, so each epoch is logged once."""
+    if not log.is_file():
+        return
+    rows = io.read_csv_rows(log)
+    kept = [r for r in rows if int(r["epoch"]) <= epoch]
+    if len(kept) < len(rows):
+        io.write_csv(log, list(rows[0]), [list(r.values()) for r in kept])
+        print(f"note: {log}: dropped the rows of epochs after {epoch}, which this run redoes")
 
 
 def _exit_stopped() -> None:

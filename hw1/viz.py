@@ -78,7 +78,7 @@ def save_tsne_grid(path: str | os.PathLike, embeddings: Sequence[np.ndarray], la
 
 # ---------------------------------------------------------------- training curves
 
-_NOT_METRICS = {"epoch", "step", "train_loss", "lr", "seconds"}
+_NOT_METRICS = {"epoch", "step", "train_loss", "lr", "seconds", "step_s", "data_wait_s", "eval_s", "checkpoint_s"}
 
 
 def _column(rows: list[dict], key: str) -> np.ndarray:

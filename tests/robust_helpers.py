@@ -77,3 +77,14 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     assert a.keys() == b.keys()
     return max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0) for k in a)
 
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    """Same weights (bit-identical expected; 1e-6 allowed), optimiser moments, step and schedule."""
+    a = torch.load(resumed, map_location="cpu", weights_only=False)
+    b = torch.load(reference, map_location="cpu", weights_only=False)
+    assert (a["epoch"], a["batch_in_epoch"], a["step"]) == (b["epoch"], b["batch_in_epoch"], b["step"])
+    assert max_abs_diff(a["model"], b["model"]) <= 1e-6
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert max_abs_diff(sa, sb) <= 1e-6

@@ -22,7 +22,8 @@ import torch
 import p1_finetune
 from hw1.engine import Dist, EpochSampler
 from hw1.models import backbone_state, build_resnet
-from robust_helpers import PYTHON, ROOT, max_abs_diff, model_state, one_thread, run, small_p1_root, small_p2_root
+from robust_helpers import (PYTHON, ROOT, assert_same_run, max_abs_diff, model_state, one_thread, run, small_p1_root,
+                            small_p2_root)
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SMALL = ["--image-size", "32", "--workers", "0", "--device", "cpu", "--seed", "1"]
@@ -117,6 +118,28 @@ def test_torchrun_byol_pretraining(byol_launch):
     assert math.isfinite(float(log[-1]["train_loss"])) and log[-1]["step"] == "3"
     assert "knn_acc" in log[-1]  # evaluated on every rank, logged by rank 0
     assert (out / "backbone_last.pt").is_file() and (out / "first.pt").is_file()
+
+
+def test_torchrun_byol_resume_mid_epoch_matches_the_uninterrupted_two_rank_run(tiny_data, tmp_path):
+    """Each rank draws its own batched views (--gpu-aug) from (seed, rank, step), so a 2-rank run stopped in
+    epoch 2 (--max-steps 4 of 6) and resumed on 2 ranks ends at the uninterrupted 2-rank run's weights; the
+    resumed epoch is logged once."""
+    root = small_p1_root(tiny_data, tmp_path / "data", office=False)  # 12 images, batch 4: 3 steps an epoch
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return ["--arch", "resnet18", "--batch-size", "4", "--epochs", "2", "--gpu-aug", "--projection-size", "32",
+                "--projection-hidden-size", "64", "--data-root", str(root), "--out", str(out), *SMALL, *extra]
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    for n, argv in enumerate((args(ref), args(out, "--max-steps", "4"), args(out, "--resume"))):
+        (tmp_path / f"launch{n}").mkdir()
+        log, _, stdout = torchrun("p1_pretrain.py", argv, tmp_path / f"launch{n}")
+        if n == 1:
+            stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+            assert (stopped["epoch"], stopped["batch_in_epoch"], stopped["step"]) == (1, 1, 4)
+            assert [r["epoch"] for r in log] == ["1", "2"]  # the partial epoch 2 is logged, then redone
+    assert "resumed from" in stdout and [r["epoch"] for r in log] == ["1", "2"]
+    assert_same_run(out / "last.pt", ref / "last.pt")
 
 
 def test_torchrun_segmentation(tiny_data, tmp_path):

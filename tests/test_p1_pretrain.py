@@ -13,11 +13,12 @@ from torchvision.transforms import v2 as T
 
 import p1_pretrain
 from conftest import P1_SMALL
-from hw1 import data, engine
+from hw1 import data, engine, io
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
 from hw1.metrics import knn_accuracy
 from hw1.sample_data import write_p1
+from robust_helpers import small_p1_root
 
 BATCH = 8
 MARGIN = 0.01  # kNN: BYOL's backbone must get at least 3 more of the 260 val images right than its initialisation
@@ -165,3 +166,33 @@ def test_supervised_pretraining_exports_a_backbone(p1_supervised_backbone: Path)
     assert ckpt["meta"]["task"] == "pretrain-supervised" and ckpt["model"]["fc.weight"].shape[0] == 64
     with open(out / "log.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 epochs with the long-run defaults (monitor every 10 epochs, last.pt every 50): the monitor runs once,
+    after the last epoch; last.pt is written after epoch 1 (with first.pt) and at the end, no best.pt; each
+    log.csv row says where its epoch's time went."""
+    writes: list[tuple[str, int]] = []
+    save = engine.save_checkpoint
+
+    def spy(path, state):
+        log = Path(path).parent / "log.csv"
+        writes.append((Path(path).name, len(io.read_csv_rows(log)) if log.is_file() else 0))
+        save(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    root, out = small_p1_root(tiny_data, tmp_path / "data"), tmp_path / "run"
+    p1_pretrain.main(["--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "4",
+                      "--epochs", "3", "--projection-size", "32", "--projection-hidden-size", "64"])
+    assert writes == [("last.pt", 0), ("first.pt", 0), ("backbone_first.pt", 0), ("backbone_last.pt", 0),
+                      ("last.pt", 2), ("backbone_last.pt", 2)]  # (file, epochs logged before it was written)
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 3 and not (out / "best.pt").exists()
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["knn_acc"] != "" for r in rows] == [False, False, True]
+    for r in rows:
+        times = {k: float(r[k]) for k in ("step_s", "data_wait_s", "eval_s", "checkpoint_s")}
+        assert all(v >= 0 for v in times.values()) and times["data_wait_s"] <= times["step_s"], r
+    assert float(rows[2]["eval_s"]) > 0 and float(rows[0]["eval_s"]) == 0  # no monitor: not even a call

@@ -25,7 +25,7 @@ import p1_pretrain
 import p2_inference
 from hw1 import engine, io
 from hw1.errors import run_main
-from robust_helpers import ENV, PYTHON, ROOT, max_abs_diff, one_thread, run, small_p1_root
+from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
 
 COMMON = ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
           "--seed", "3"]
@@ -82,17 +82,6 @@ def interrupt_in_epoch_2(script: str, argv: list[str], sig: signal.Signals, tmp:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def assert_same_run(resumed: Path, reference: Path) -> None:
-    """Same weights (bit-identical expected; 1e-6 allowed), optimiser moments, step and schedule."""
-    a = torch.load(resumed, map_location="cpu", weights_only=False)
-    b = torch.load(reference, map_location="cpu", weights_only=False)
-    assert (a["epoch"], a["batch_in_epoch"], a["step"]) == (b["epoch"], b["batch_in_epoch"], b["step"])
-    assert max_abs_diff(a["model"], b["model"]) <= 1e-6
-    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert max_abs_diff(sa, sb) <= 1e-6
-
-
 @pytest.fixture(scope="module")
 def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_p1_root(tiny_data, tmp_path_factory.mktemp("resume_data"))
@@ -142,6 +131,44 @@ def test_sigterm_to_process_group_saves_batch_position_and_resume_matches(p1_roo
     assert f"batch {stopped['batch_in_epoch']}, step {stopped['step']}" in capsys.readouterr().out
     assert_same_run(out / "last.pt", finetune_reference)
     assert not list(out.glob(".*.tmp*")), "a temp file was left behind"
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item: one draw of the torch RNG (as an augmentation would make) and the process that made it."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> tuple[float, int]:
+        return torch.rand(()).item(), os.getpid()
+
+
+def test_kept_loader_workers_see_each_epoch_and_draw_what_the_main_process_would():
+    """The training loader's workers live across epochs (the same processes), yet every epoch brings its own
+    order and per-sample seeds, and mid-epoch starts: with 2 workers the draws equal --workers 0, epoch by epoch."""
+    def draws(workers: int) -> tuple[list[list[float]], list[set[int]]]:
+        loader = engine.make_loader(_Draws(), 4, train=True, workers=workers, seed=5, dist=engine.Dist(),
+                                    device=torch.device("cpu"))
+        values, pids = [], []
+        for epoch, start in ((0, 0), (1, 0), (2, 1)):
+            loader.sampler.set_epoch(epoch, start)
+            batches = list(loader)
+            values.append([v for b in batches for v in b[0].tolist()])
+            pids.append({p for b in batches for p in b[1].tolist()})
+        return values, pids
+
+    (main_values, main_pids), (kept_values, kept_pids) = draws(0), draws(2)
+    assert kept_values == main_values
+    assert len({tuple(v) for v in main_values}) == 3 and len(main_values[2]) == 8  # epochs differ; epoch 3 from batch 1
+    assert main_pids == [{os.getpid()}] * 3
+    assert len(kept_pids[0]) == 2 and kept_pids[0] == kept_pids[1] == kept_pids[2] and os.getpid() not in kept_pids[0]
+
+
+def test_finetune_with_two_kept_workers_matches_the_in_process_run(p1_root, finetune_reference, tmp_path):
+    """Two epochs with --workers 2 (workers kept across epochs) end at the weights of --workers 0."""
+    out = tmp_path / "run"
+    train_in_process(p1_finetune.main, finetune_args(p1_root, out, workers=2))
+    assert_same_run(out / "last.pt", finetune_reference)
 
 
 # ---------------------------------------------------------------- atomic outputs
