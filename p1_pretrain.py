@@ -9,17 +9,18 @@ backbone as a plain torchvision state_dict: OUT/backbone_first.pt and OUT/backbo
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, engine
+from hw1 import cache, data, engine, precision
 from hw1.byol import TargetEMA, TwoViews, build_byol
 from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
 from hw1.metrics import knn_accuracy
-from hw1.models import ARCHS, backbone_state, build_resnet
+from hw1.models import ARCHS, backbone_state, build_resnet, pooled_features
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,9 +51,10 @@ def knn_monitor(args: argparse.Namespace, device: torch.device):
     train_set, val_set = data.office_dataset(args.data_root, "train", tf), data.office_dataset(args.data_root, "val", tf)
 
     def evaluate(backbone: torch.nn.Module) -> dict:
-        kw = dict(batch_size=256, workers=args.workers, amp=args.amp)
-        train_f, train_y = engine.extract_features(backbone, train_set, device, desc="kNN train", **kw)
-        val_f, val_y = engine.extract_features(backbone, val_set, device, desc="kNN val", **kw)
+        features = functools.partial(pooled_features, backbone)  # not the supervised net's class logits
+        kw = dict(batch_size=256, workers=args.workers, prec=precision.resolve(args.precision, device))
+        train_f, train_y = engine.extract_features(features, train_set, device, desc="kNN train", **kw)
+        val_f, val_y = engine.extract_features(features, val_set, device, desc="kNN val", **kw)
         return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)}
 
     return evaluate
@@ -65,13 +67,14 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
     knn = knn_monitor(args, device)
     barrier = torch.distributed.barrier if dist.enabled else None
     extra_state = load_extra_state = None
+    memory_format = precision.resolve(args.precision, device).memory_format
 
     if args.method == "byol":
         gpu_aug = device.type == "cuda" if args.gpu_aug is None else args.gpu_aug
         if gpu_aug:  # the loader yields uint8 images; the model's augment hooks make the two views
             dataset = (cache.cached_dataset(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
                        or cache.DecodedImages(paths, cache.image_side(paths)))
-            views = batch_views(args.image_size, seed=args.seed * 1009 + dist.rank)
+            views = batch_views(args.image_size, seed=args.seed * 1009 + dist.rank, memory_format=memory_format)
             generator = views[0].generator  # its state goes into the checkpoint, so a resume draws the same views
 
             def extra_state() -> dict:
@@ -85,14 +88,15 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
             dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)
             dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
         model = build_byol(args.arch, args.image_size, device, augment_fns=views, projection_size=args.projection_size,
-                           projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial)
+                           projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial,
+                           memory_format=memory_format)
         backbone = model.net
         loss_fn = lambda m, batch: m(batch[0])  # noqa: E731 - BYOL returns its symmetric loss
     else:
         labels = [data.mini_label(p) for p in paths]
         dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(args.image_size), skip_unreadable=True)
         dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
-        model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device)
+        model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device, memory_format=memory_format)
         backbone = model
         loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
 
