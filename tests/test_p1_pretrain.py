@@ -165,3 +165,18 @@ def test_supervised_pretraining_exports_a_backbone(p1_supervised_backbone: Path)
     assert ckpt["meta"]["task"] == "pretrain-supervised" and ckpt["model"]["fc.weight"].shape[0] == 64
     with open(out / "log.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_supervised_knn_monitor_reads_the_pooled_feature_not_the_logits(tiny_data: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for BYOL: the monitor scores the 512-d pooled feature, not the 64 Mini-ImageNet logits of `fc`."""
+    seen: list[tuple[int, int]] = []
+
+    def spy(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, *rest, **kw) -> float:
+        seen.append((train_f.shape[1], val_f.shape[1]))
+        return knn_accuracy(train_f, train_y, val_f, *rest, **kw)
+
+    monkeypatch.setattr(p1_pretrain, "knn_accuracy", spy)
+    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
+                      "--device", "cpu", "--batch-size", "8", "--epochs", "1", "--max-steps", "1"])
+    assert seen == [(512, 512)]
