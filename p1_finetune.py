@@ -32,7 +32,7 @@ OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --ou
 
 def default_backbone(setting: str, data_root: str) -> Path:
     """B/D: the course's supervised backbone inside --data-root; C/E: our BYOL pre-training's export."""
-    return Path(data_root) / "p1_data" / "pretrain_model_SL.pt" if setting in "BD" else Path(OUR_BACKBONE)
+    return Path(data_root) / "p1_data" / "pretrain_model_SL.pt" if setting in ("B", "D") else Path(OUR_BACKBONE)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

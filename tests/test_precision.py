@@ -19,7 +19,7 @@ import p2_train_fcn32
 from conftest import P1_SMALL
 from hw1 import precision
 from hw1.gpu_aug import BatchView, apply_view
-from robust_helpers import small_p2_root
+from robust_helpers import small_p1_root, small_p2_root
 
 CPU = ["--device", "cpu"]
 STEPS = ["--epochs", "1", "--max-steps", "2"]
@@ -100,21 +100,27 @@ def assert_trained_in(out: Path, name: str, weight: str) -> dict:
     return ckpt
 
 
+@pytest.fixture
+def p1_root(tiny_data: Path, tmp_path: Path) -> Path:
+    """16 Mini-ImageNet images (two steps of 8) and 8 + 8 Office-Home images for the kNN monitor."""
+    return small_p1_root(tiny_data, tmp_path / "data", train=8, val=8, mini=16)
+
+
 @pytest.mark.parametrize("aug", ["--gpu-aug", "--no-gpu-aug"])
-def test_byol_pretraining_under_bf16(aug, tiny_data, tmp_path):
-    p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL, *CPU, *STEPS, aug,
+def test_byol_pretraining_under_bf16(aug, p1_root, tmp_path):
+    p1_pretrain.main(["--data-root", str(p1_root), "--out", str(tmp_path / "out"), *P1_SMALL, *CPU, *STEPS, aug,
                       "--batch-size", "8", "--projection-hidden-size", "64", "--precision", "bf16"])
-    assert_trained_in(tmp_path, "bf16", "net.conv1.weight")
-    assert "knn_acc" in log_rows(tmp_path)[-1]
+    assert_trained_in(tmp_path / "out", "bf16", "net.conv1.weight")
+    assert "knn_acc" in log_rows(tmp_path / "out")[-1]
 
 
-def test_supervised_pretraining_and_finetuning_under_fp16_with_a_gradient_scaler(tiny_data, p1_backbone, tmp_path):
+def test_supervised_pretraining_and_finetuning_under_fp16_with_a_gradient_scaler(p1_root, p1_backbone, tmp_path):
     """fp16, the RTX 2080 Ti's training precision: the scaler's state is checkpointed and resumed."""
-    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(tmp_path / "sl"),
+    p1_pretrain.main(["--method", "supervised", "--data-root", str(p1_root), "--out", str(tmp_path / "sl"),
                       *P1_SMALL, *CPU, *STEPS, "--batch-size", "8", "--precision", "fp16"])
     assert assert_trained_in(tmp_path / "sl", "fp16", "conv1.weight")["scaler"]["scale"] > 0
     ft = tmp_path / "ft"
-    args = ["--setting", "C", "--backbone", str(p1_backbone), "--data-root", str(tiny_data), "--out", str(ft),
+    args = ["--setting", "C", "--backbone", str(p1_backbone), "--data-root", str(p1_root), "--out", str(ft),
             *P1_SMALL, *CPU, "--batch-size", "8", "--precision", "fp16", "--results", str(ft / "r.csv")]
     p1_finetune.main([*args, "--epochs", "2", "--max-steps", "1"])
     assert assert_trained_in(ft, "fp16", "net.conv1.weight")["scaler"]["scale"] > 0
@@ -122,12 +128,13 @@ def test_supervised_pretraining_and_finetuning_under_fp16_with_a_gradient_scaler
     assert torch.load(ft / "last.pt", weights_only=False)["step"] == 2
 
 
-def test_finetuning_under_bf16(tiny_data, p1_backbone, tmp_path):
-    p1_finetune.main(["--setting", "E", "--backbone", str(p1_backbone), "--data-root", str(tiny_data),
-                      "--out", str(tmp_path), *P1_SMALL, *CPU, *STEPS, "--batch-size", "8", "--precision", "bf16",
-                      "--results", str(tmp_path / "r.csv")])
-    assert_trained_in(tmp_path, "bf16", "net.conv1.weight")
-    assert "val_acc" in log_rows(tmp_path)[-1]
+def test_finetuning_under_bf16(p1_root, p1_backbone, tmp_path):
+    out = tmp_path / "out"
+    p1_finetune.main(["--setting", "E", "--backbone", str(p1_backbone), "--data-root", str(p1_root),
+                      "--out", str(out), *P1_SMALL, *CPU, *STEPS, "--batch-size", "4", "--precision", "bf16",
+                      "--results", str(out / "r.csv")])
+    assert_trained_in(out, "bf16", "net.conv1.weight")
+    assert "val_acc" in log_rows(out)[-1]
 
 
 @pytest.mark.parametrize("script, extra, weight", [
