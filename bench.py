@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hw1 import data, engine, io
+from hw1 import data, engine, io, precision
 from hw1.byol import VIEW_PARAMS, blur_kernel, byol_view_transform
 from hw1.gpu_aug import batch_views
 
@@ -67,6 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/bench", help="bench.json and bench.md go here (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="CPU, tiny sizes, every section, < 60 s")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    precision.add_arg(parser)
     parser.add_argument("--arch", default="resnet50", help="BYOL backbone (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
     parser.add_argument("--image-size", type=int, default=128, help="default: %(default)s")
@@ -189,6 +190,7 @@ def pretrain_args(cfg: argparse.Namespace, out: Path, *extra: str) -> argparse.N
 
     argv = ["--data-root", str(cfg.data_root), "--out", str(out), "--arch", cfg.arch, "--batch-size", str(cfg.batch_size),
             "--image-size", str(cfg.image_size), "--workers", str(cfg.workers), "--device", cfg.device_name,
+            "--precision", cfg.precision,
             "--epochs", "1", "--max-steps", str(cfg.warmup + cfg.steps + 1), "--warmup-steps", "1",
             "--cache-dir", str(cfg.cache_dir), *extra]
     return p1_pretrain.get_args_parser().parse_args(argv)
@@ -203,7 +205,7 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
 
     s, b = cfg.image_size, cfg.batch_size
     x = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device)
-    ours = batch_views(s, seed=0)
+    ours = batch_views(s, seed=0, memory_format=cfg.prec.memory_format)
 
     def kornia_view(blur_p: float, solarize_p: float) -> K.AugmentationSequential:
         return K.AugmentationSequential(
@@ -240,7 +242,7 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     b_set = data.ImageListDataset(paths, transform=TwoViews(cfg.image_size))
     c_path = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
     c_set = cache.CachedImages(c_path)
-    views = batch_views(cfg.image_size, seed=0)
+    views = batch_views(cfg.image_size, seed=0, memory_format=cfg.prec.memory_format)
     for name, dataset, augment in (("data-b: loader, TwoViews per image (CPU path)", b_set, False),
                                    ("data-c: cache loader only", c_set, False),
                                    ("data-c: cache loader + batched views on the device", c_set, True)):
@@ -365,35 +367,39 @@ def count_step_flops(cfg: argparse.Namespace, device: torch.device) -> float:
 
     from hw1.byol import build_byol
 
-    model = build_byol(cfg.arch, cfg.image_size, device, augment_fns=batch_views(cfg.image_size))
+    fmt = cfg.prec.memory_format
+    model = build_byol(cfg.arch, cfg.image_size, device, augment_fns=batch_views(cfg.image_size, memory_format=fmt),
+                       memory_format=fmt)
     x = torch.randint(0, 256, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
-    with FlopCounterMode(display=False) as counter, engine.autocast(device):
+    with FlopCounterMode(display=False) as counter, cfg.prec.autocast():
         loss = model(x)
         loss.backward()
     return counter.get_total_flops() / cfg.batch_size
 
 
 def bench_seg(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
-    """Training step (AdamW, cross-entropy, bf16 on CUDA) and inference images/s of each P2 model."""
+    """Training step (AdamW, cross-entropy, --precision) and inference images/s of each P2 model."""
     from hw1.seg_models import build_seg_model
 
     rows = []
     for arch in cfg.seg_archs:
-        model = build_seg_model(arch, "none").to(device, memory_format=engine_memory_format(device))
+        model = build_seg_model(arch, "none").to(device, memory_format=cfg.prec.memory_format)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size, device=device).contiguous(memory_format=engine_memory_format(device))
+        x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size, device=device).contiguous(memory_format=cfg.prec.memory_format)
         y = torch.randint(0, 7, (cfg.seg_batch, cfg.seg_size, cfg.seg_size), device=device)
+        scaler = cfg.prec.grad_scaler()  # as engine.fit: a pass-through unless fp16
 
         def train_step() -> None:
-            with engine.autocast(device):
+            with cfg.prec.autocast():
                 loss = F.cross_entropy(model(x)["out"].float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         @torch.no_grad()
         def infer_step() -> None:
-            with engine.autocast(device):
+            with cfg.prec.autocast():
                 model(x)["out"].argmax(1)
 
         if cfg.seg_train_archs is None or arch in cfg.seg_train_archs:
@@ -408,10 +414,6 @@ def bench_seg(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
         rows.append({"row": f"seg inference: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times), "peak_mem_gib": mem.gib})
         del model, opt
     return rows
-
-
-def engine_memory_format(device: torch.device) -> torch.memory_format:
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def bench_hw12(cfg: argparse.Namespace, device: torch.device, work: Path) -> dict:
@@ -525,13 +527,14 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
     row = {"gflop_per_image": gflop, "gflop_per_evaluation": gflop * cfg.overhead_images}
     if device.type == "cuda":  # the monitor's forward itself, as the training process runs it
         net.eval()
-        with torch.no_grad(), engine.autocast(device):
-            net = net.to(memory_format=torch.channels_last)
-            p1_pretrain.features(net, images["val"], 128)
+        fmt = cfg.prec.memory_format
+        with torch.no_grad(), cfg.prec.autocast():
+            net = net.to(memory_format=fmt)
+            p1_pretrain.features(net, images["val"], 128, memory_format=fmt)
             sync(device)
             t = time.perf_counter()
             for x in images.values():
-                p1_pretrain.features(net, x, 128)
+                p1_pretrain.features(net, x, 128, memory_format=fmt)
             sync(device)
         row["seconds"] = time.perf_counter() - t
     rows[f"monitor forward: {cfg.arch} over {cfg.overhead_images} images at 128 px"] = row
@@ -635,6 +638,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     device = engine.setup_device(cfg.device)
     cfg.device_name = device.type
+    cfg.prec = precision.resolve(cfg.precision, device)
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     result: dict = {"rows": []}
@@ -705,7 +709,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_name()})",
         "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(), "command": "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in ("out",)},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in ("out", "prec")},
+        "precision": cfg.prec.describe(),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     out = Path(cfg.out)

@@ -20,15 +20,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, engine, io
+from hw1 import cache, data, engine, io, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
 
 SETTINGS = {  # setting: (needs a backbone, backbone frozen)
     "A": (False, False), "B": (True, False), "C": (True, False), "D": (True, True), "E": (True, True),
 }
-DEFAULT_BACKBONES = {"B": "hw1_data/p1_data/pretrain_model_SL.pt", "D": "hw1_data/p1_data/pretrain_model_SL.pt",
-                     "C": "runs/pretrain/backbone_last.pt", "E": "runs/pretrain/backbone_last.pt"}
+OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
+
+
+def default_backbone(setting: str, data_root: str) -> Path:
+    """B/D: the course's supervised backbone inside --data-root; C/E: our BYOL pre-training's export."""
+    return Path(data_root) / "p1_data" / "pretrain_model_SL.pt" if setting in ("B", "D") else Path(OUR_BACKBONE)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,8 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E")
     parser.add_argument("--backbone", default=None,
-                        help="backbone state_dict for B–E (default: B/D the course's pretrain_model_SL.pt, "
-                             "C/E runs/pretrain/backbone_last.pt)")
+                        help="backbone for B–E: a state_dict file, or p1_pretrain.py's last.pt / best.pt (its "
+                             "online network is taken) (default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt, "
+                             f"C/E {OUR_BACKBONE})")
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
     parser.add_argument("--results", default="runs/p1_results.csv", help="append the final accuracy here (default: %(default)s)")
     cache.add_cache_args(parser)
@@ -51,7 +56,7 @@ def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
         if args.backbone:
             raise UserError("--backbone", "setting A trains from random initialisation", "drop --backbone or pick B–E")
         return model, "none"
-    path = args.backbone or DEFAULT_BACKBONES[args.setting]
+    path = args.backbone or default_backbone(args.setting, args.data_root)
     load_backbone_into(model.net, path, args.arch)
     return model, str(path)
 
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     dist, device = engine.init_distributed(args.device)
     engine.seed_everything(args.seed)
     model, backbone = build_classifier(args)
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    memory_format = precision.resolve(args.precision, device).memory_format
+    model = model.to(device, memory_format=memory_format)
 
     train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         """Validation accuracy, summed over ranks (each rank sees its share of the val set)."""
         counts = torch.zeros(2, device=device)
         for images, labels in val_loader:
-            images, labels = engine.to_device((images, labels), device)
+            images, labels = engine.to_device((images, labels), device, memory_format)
             counts += torch.stack([(m(images).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)]).float()
         correct, total = engine.all_reduce_sum(counts).tolist()
         return {"val_acc": correct / total}

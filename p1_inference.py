@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hw1 import data, engine, io
+from hw1 import data, engine, io, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, guess_arch
 
@@ -35,6 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loader processes (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
+    precision.add_arg(parser, grading=True)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
@@ -58,7 +59,8 @@ def describe(state: dict) -> str:
     return f"a dict with keys {', '.join(sorted(map(str, state))[:5])}"
 
 
-def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]:
+def load_classifier(path: Path, device: torch.device,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Classifier, dict]:
     """Build exactly the model the checkpoint's `meta` names and load its weights."""
     state = engine.load_checkpoint(path)
     meta = state.get("meta")
@@ -78,7 +80,6 @@ def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]
     except RuntimeError as err:
         raise UserError(path, f"weights do not match the {arch} its meta names ({str(err).splitlines()[0][:120]})",
                         "the file is damaged or was edited; re-export it") from err
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     return model.to(device, memory_format=memory_format).eval(), meta
 
 
@@ -90,17 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = data.read_image_csv(args.csv, args.image_dir, need_labels=False)
     io.ensure_dir(Path(args.out).parent)  # an unwritable output fails now, not after the predictions
     device = engine.setup_device(args.device)
-    model, meta = load_classifier(path, device)
+    prec = precision.resolve(args.precision, device, grading=True)
+    model, meta = load_classifier(path, device, prec.memory_format)
 
     t0 = time.time()
     image_dir = Path(args.image_dir)
     dataset = data.ImageListDataset([image_dir / r.filename for r in rows],
                                     transform=data.classify_eval_transform(meta["image_size"]))
-    logits, _ = engine.extract_features(model, dataset, device, batch_size=args.batch_size, workers=args.workers,
-                                        desc="inference")
+    logits, _ = engine.extract_features(model, dataset, device, prec=prec, batch_size=args.batch_size,
+                                        workers=args.workers, desc="inference")
     preds = logits.argmax(1).tolist()
     io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
-    print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device} "
+    print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, {prec.describe()}, "
           f"in {time.time() - t0:.1f}s → {args.out}")
 
 

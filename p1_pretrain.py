@@ -10,6 +10,7 @@ OUT/backbone_last.pt (with each last.pt); OUT/best.pt only with --save-best.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -17,12 +18,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from hw1 import cache, data, engine
+from hw1 import cache, data, engine, precision
 from hw1.byol import TargetEMA, TwoViews, build_byol
 from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
 from hw1.metrics import knn_accuracy
-from hw1.models import ARCHS, backbone_state, build_resnet
+from hw1.models import ARCHS, backbone_state, build_resnet, pooled_features
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @torch.no_grad()
-def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int, batch_size: int = 256) -> torch.Tensor:
+def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int, batch_size: int = 256,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """`fn` over uint8 (N, 3, H, W) images in batches on their device, each batch as
     `data.classify_eval_transform(size)` makes it (resize, scale, normalise)."""
     out = []
@@ -60,11 +62,11 @@ def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, s
         if tuple(x.shape[-2:]) != (size, size):
             x = TF.resize(x, [size, size], antialias=True)
         x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), data.IMAGENET_MEAN, data.IMAGENET_STD)
-        out.append(fn(engine.to_device(x, x.device)).float())  # to_device: channels_last on CUDA
+        out.append(fn(engine.to_device(x, x.device, memory_format)).float())  # the model's memory format
     return torch.cat(out)
 
 
-def knn_monitor(args: argparse.Namespace, dist: engine.Dist, device: torch.device):
+def knn_monitor(args: argparse.Namespace, dist: engine.Dist, device: torch.device, memory_format: torch.memory_format):
     """Cosine kNN accuracy, Office-Home train → val, of a backbone's pooled features (None without the data).
 
     The images are decoded once (the cache, or here when it is off) and kept on the training device as
@@ -83,7 +85,8 @@ def knn_monitor(args: argparse.Namespace, dist: engine.Dist, device: torch.devic
 
     def evaluate(backbone: torch.nn.Module) -> dict:
         (train_x, train_y), (val_x, val_y) = sets
-        train_f, val_f = (features(backbone, x, args.image_size) for x in (train_x, val_x))
+        pooled = functools.partial(pooled_features, backbone)  # not the supervised net's class logits
+        train_f, val_f = (features(pooled, x, args.image_size, memory_format=memory_format) for x in (train_x, val_x))
         return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)}
 
     return evaluate
@@ -93,7 +96,8 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
     """The pre-training task and its loader (bench.py times exactly this)."""
     out = Path(args.out)
     paths = data.mini_paths(args.data_root)
-    knn = knn_monitor(args, dist, device)
+    memory_format = precision.resolve(args.precision, device).memory_format
+    knn = knn_monitor(args, dist, device, memory_format)
     barrier = torch.distributed.barrier if dist.enabled else None
     before_step = None
 
@@ -102,7 +106,7 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
         if gpu_aug:  # the loader yields uint8 images; the model's augment hooks make the two views
             dataset = (cache.cached_dataset(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
                        or cache.DecodedImages(paths, cache.image_side(paths)))
-            views = batch_views(args.image_size)
+            views = batch_views(args.image_size, memory_format=memory_format)
             generator = views[0].generator
 
             def before_step(step: int) -> None:
@@ -113,14 +117,15 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
             dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)
             dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
         model = build_byol(args.arch, args.image_size, device, augment_fns=views, projection_size=args.projection_size,
-                           projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial)
+                           projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial,
+                           memory_format=memory_format)
         backbone = model.net
         loss_fn = lambda m, batch: m(batch[0])  # noqa: E731 - BYOL returns its symmetric loss
     else:
         labels = [data.mini_label(p) for p in paths]
         dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(args.image_size), skip_unreadable=True)
         dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
-        model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device)
+        model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device, memory_format=memory_format)
         backbone = model
         loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
 

@@ -20,7 +20,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from hw1 import data, engine, io, viz
+from hw1 import data, engine, io, precision, viz
 from hw1.errors import UserError, run_main
 from hw1.metrics import knn_accuracy
 from hw1.models import Classifier
@@ -33,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default="hw1_data", help="course data folder (default: %(default)s)")
     parser.add_argument("--out", default="runs/tsne", help="PNGs and tsne_scores.json go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
+    precision.add_arg(parser)
     parser.add_argument("--seed", type=int, default=0, help="t-SNE's random state (default: %(default)s)")
     parser.add_argument("--perplexity", type=float, default=30.0, help="default: %(default)s")
     parser.add_argument("--pca-dims", type=int, default=50, help="PCA before t-SNE (default: %(default)s)")
@@ -64,7 +65,8 @@ def silhouette_2d(embedding: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(embedding, labels))
 
 
-def load_classifier(path: str, device: torch.device) -> tuple[Classifier, dict, int]:
+def load_classifier(path: str, device: torch.device,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Classifier, dict, int]:
     """A p1_finetune.py checkpoint → (model in eval mode, meta, epochs trained)."""
     ckpt = engine.load_checkpoint(path)
     meta = ckpt.get("meta", {})
@@ -73,7 +75,7 @@ def load_classifier(path: str, device: torch.device) -> tuple[Classifier, dict, 
         raise UserError(path, "not a classifier checkpoint (no meta.arch / model)", "pass a checkpoint of p1_finetune.py")
     model = Classifier(meta["arch"], meta.get("num_classes", data.NUM_OFFICE_CLASSES))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), meta, int(ckpt.get("epoch", 0))
+    return model.to(device, memory_format=memory_format).eval(), meta, int(ckpt.get("epoch", 0))
 
 
 def label_for(path: Path) -> str:
@@ -84,14 +86,15 @@ def label_for(path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     device = engine.setup_device(args.device)
+    prec = precision.resolve(args.precision, device)
     out = Path(args.out)
     results, embeddings, titles = [], [], []
     train_labels = None
     for ckpt_path in map(Path, args.checkpoints):
-        model, meta, epoch = load_classifier(str(ckpt_path), device)
+        model, meta, epoch = load_classifier(str(ckpt_path), device, prec.memory_format)
         tf = data.classify_eval_transform(meta.get("image_size", 128))
         train_set, val_set = data.office_dataset(args.data_root, "train", tf), data.office_dataset(args.data_root, "val", tf)
-        kw = dict(batch_size=args.batch_size, workers=args.workers)
+        kw = dict(batch_size=args.batch_size, workers=args.workers, prec=prec)
         train_f, train_y = engine.extract_features(model.features, train_set, device, desc=f"{ckpt_path.name} train", **kw)
         val_f, val_y = engine.extract_features(model.features, val_set, device, desc=f"{ckpt_path.name} val", **kw)
         knn = knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)

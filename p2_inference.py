@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hw1 import engine, io
+from hw1 import engine, io, precision
 from hw1.errors import run_main
 from hw1.seg_data import MASK_SUFFIX, SatMaskDataset, collate, find_pairs, write_mask
 from hw1.seg_models import model_from_checkpoint
@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="default: %(default)s")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     parser.add_argument("--tta", action="store_true", help="average the identity, horizontal and vertical flips")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (default: on)")
+    precision.add_arg(parser, grading=True)
     return parser
 
 
@@ -46,15 +46,17 @@ def main(argv: list[str] | None = None) -> None:
     out = io.ensure_dir(args.output_dir)  # created (or refused) before any work
     device = engine.setup_device(args.device)
     model, meta = model_from_checkpoint(path, engine.load_checkpoint(path))
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format).eval()
+    prec = precision.resolve(args.precision, device, grading=True)
+    model = model.to(device, memory_format=prec.memory_format).eval()
     loader = DataLoader(SatMaskDataset(pairs, meta["image_size"]), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")
-    with torch.no_grad(), engine.autocast(device, args.amp):
+    with torch.no_grad(), prec.autocast():
         for batch in tqdm(loader, desc="masks", dynamic_ncols=True):
-            preds = predict_classes(model, engine.to_device(batch["image"], device), batch["size"].tolist(), tta=args.tta)
+            images = engine.to_device(batch["image"], device, prec.memory_format)
+            preds = predict_classes(model, images, batch["size"].tolist(), tta=args.tta)
             for index, pred in zip(batch["index"].tolist(), preds):
                 write_mask(out / f"{pairs[index].stem}{MASK_SUFFIX}", pred.cpu().numpy())
-    print(f"wrote {len(pairs)} masks to {out} ({meta['arch']} from {path})")
+    print(f"wrote {len(pairs)} masks to {out} ({meta['arch']} from {path}, {prec.describe()})")
 
 
 if __name__ == "__main__":

@@ -57,14 +57,14 @@ class SelectView(nn.Module):
     A plain (B, C, H, W) batch passes through: byol-pytorch probes its constructor with one.
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, memory_format: torch.memory_format = torch.contiguous_format) -> None:
         super().__init__()
-        self.index = index
+        self.index, self.memory_format = index, memory_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, self.index] if x.dim() == 5 else x
-        # The view is a strided slice; on CUDA hand the channels_last network one copy in its own layout.
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        # The view is a strided slice; hand a channels_last network one copy in its own layout.
+        return x.contiguous(memory_format=self.memory_format)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -136,16 +136,17 @@ def _plain_batchnorm() -> Iterator[None]:
 
 
 def build_byol(arch: str, image_size: int, device: torch.device, *, augment_fns: tuple[nn.Module, nn.Module] | None = None,
-               projection_size: int = 256, projection_hidden_size: int = 4096, simplicial: bool = False) -> BYOL:
+               projection_size: int = 256, projection_hidden_size: int = 4096, simplicial: bool = False,
+               memory_format: torch.memory_format = torch.contiguous_format) -> BYOL:
     """byol-pytorch's BYOL on a torchvision ResNet whose `fc` is removed: its output is the pooled feature.
 
-    Under DDP the projector and predictor batch-norms are synced across ranks (GlobalBatchNorm1d).
+    `memory_format` is the network's and the per-sample views' layout (`Precision.memory_format`). Under DDP
+    the projector and predictor batch-norms are synced across ranks (GlobalBatchNorm1d).
     """
     net = build_resnet(arch)
     net.fc = nn.Identity()
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
-    fn1, fn2 = augment_fns or (SelectView(0), SelectView(1))
+    fn1, fn2 = augment_fns or (SelectView(0, memory_format), SelectView(1, memory_format))
     with _plain_batchnorm():
         byol = BYOL(
             net, image_size=image_size, hidden_layer=-1, projection_size=projection_size,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,14 @@ def read_image_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     csv_path, image_dir = Path(csv_path), Path(image_dir)
     if not csv_path.is_file():
         raise UserError(csv_path, "CSV file not found", "check the path")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    fix = "pass the id,filename,label CSV file"  # not an image, archive or other binary file in its place
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(csv_path, f"not a text CSV (byte {err.start} is not UTF-8)", fix) from None
+    if "\0" in text:
+        raise UserError(csv_path, "not a text CSV (it holds NUL bytes)", fix)
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         required = CSV_COLUMNS if need_labels else CSV_COLUMNS[:2]

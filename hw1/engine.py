@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import datetime
 import math
 import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours
@@ -23,8 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
-from . import io
+from . import io, precision
 from .errors import WARNINGS, UserError
+from .precision import Precision
 
 # ---------------------------------------------------------------- arguments
 
@@ -55,7 +55,7 @@ def add_common_args(
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (default: 0.9 0.999)")
     g.add_argument("--warmup-steps", type=int, default=warmup_steps, help="linear warm-up iterations, then cosine (default: %(default)s)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last) (default: %(default)s)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (default: on)")
+    precision.add_arg(g)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model (default: off)")
     g.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     g.add_argument("--print-model", action="store_true",
@@ -128,23 +128,17 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move a (nested) batch; 4-D float images go channels_last on CUDA."""
+def to_device(batch: Any, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> Any:
+    """Move a (nested) batch; 4-D float images take `memory_format` (the model's: `Precision.memory_format`)."""
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda" and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        if memory_format != torch.contiguous_format and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=memory_format)
         return batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device, memory_format) for b in batch)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, memory_format) for k, v in batch.items()}
     return batch
 
 
@@ -405,7 +399,7 @@ class Task:
     on_save: Callable[[int], None] | None = None                # rank 0, with each epoch-end `last.pt`: exports
     keep_first: bool = False                                    # also write `first.pt` (and `last.pt`) after epoch 0
     keep_best: bool = True                                      # write `best.pt` when the monitor improves
-    device_batch: Callable[[Any, torch.device], Any] = to_device
+    device_batch: Callable[[Any, torch.device, torch.memory_format], Any] = to_device
 
 
 def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, device: torch.device) -> list[dict]:
@@ -431,6 +425,8 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
         raise UserError(args.data_root, "no training batches (the training set is empty)", "check --data-root")
     warmup, total = schedule_lengths(args, steps_per_epoch, verbose=dist.is_main)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(warmup, total))
+    prec = precision.resolve(args.precision, device)
+    scaler = prec.grad_scaler()  # a pass-through unless fp16
 
     start_epoch, start_batch, step, best = 0, 0, 0, -math.inf
     if args.resume:
@@ -458,6 +454,8 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                 group.update(betas=betas, weight_decay=weight_decay, initial_lr=args.lr, lr=args.lr * factor(scheduler.last_epoch))
             start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
             best = ckpt.get("best", -math.inf)
+            if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)
+                scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])  # starting a loader draws nothing from it (make_loader)
             if dist.is_main:
                 print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {step}")
@@ -474,7 +472,7 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best": best,
-            "args": vars(args), "meta": task.meta, "rng": rng_state(),
+            "args": vars(args), "meta": task.meta, "rng": rng_state(), "scaler": scaler.state_dict(),
         }
 
     max_steps = args.max_steps if args.max_steps is not None else math.inf
@@ -495,14 +493,15 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
                        leave=False, dynamic_ncols=True)
             for i, batch in enumerate(bar, start=first_batch):
                 data_wait += time.perf_counter() - t_ready  # blocked on the loader (its start-up included)
-                batch = task.device_batch(batch, device)
+                batch = task.device_batch(batch, device, prec.memory_format)
                 if task.before_step:
                     task.before_step(step)
-                with autocast(device, args.amp):
+                with prec.autocast():
                     loss = task.loss_fn(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # fp16: skipped while the scaled gradients hold inf/NaN
+                scaler.update()
                 scheduler.step()
                 if task.after_step:
                     task.after_step(step)
@@ -534,7 +533,7 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             last = epoch + 1 == args.epochs or step >= max_steps
             if task.evaluate and ((epoch + 1) % args.eval_every == 0 or last):
                 model.eval()
-                with torch.no_grad(), autocast(device, args.amp):
+                with torch.no_grad(), prec.autocast():
                     record.update(task.evaluate(model, epoch))
             t_eval = time.perf_counter()
             improved = task.monitor is not None and task.monitor in record and record[task.monitor] > best
@@ -644,14 +643,17 @@ def _describe(record: dict) -> str:
 
 @torch.no_grad()
 def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device, *,
-                     batch_size: int = 256, workers: int = 0, amp: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `fn` over an (image, label) dataset in order; returns (features, labels) on `device`."""
+                     prec: Precision | None = None, batch_size: int = 256, workers: int = 0,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `fn` over an (image, label) dataset in order under `prec` (default fp32); returns (features, labels)
+    on `device`."""
+    prec = prec or Precision("fp32", device.type)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
                         worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     feats, labels = [], []
     with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:  # cleared before an error's one line
         for images, targets in bar:
-            with autocast(device, amp):
-                feats.append(fn(to_device(images, device)).float())
+            with prec.autocast():
+                feats.append(fn(to_device(images, device, prec.memory_format)).float())
             labels.append(torch.as_tensor(targets).to(device))
     return torch.cat(feats), torch.cat(labels)

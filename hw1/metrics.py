@@ -11,7 +11,14 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
                  val_labels: torch.Tensor, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:
-    """Cosine kNN: each val feature votes its k nearest train labels, weighted by exp(sim / T)."""
+    """Cosine kNN: each val feature votes its k nearest train labels, weighted by exp(sim / T); in fp32 even
+    under the training loop's autocast (a bf16 similarity would also rank near-ties by rounding)."""
+    with torch.autocast(train_feats.device.type, enabled=False):
+        return _knn_accuracy(train_feats, train_labels, val_feats, val_labels, k, temperature, chunk)
+
+
+def _knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
+                  val_labels: torch.Tensor, k: int, temperature: float, chunk: int) -> float:
     train_feats = F.normalize(train_feats.float(), dim=1)
     val_feats = F.normalize(val_feats.float(), dim=1)
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1

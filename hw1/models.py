@@ -36,7 +36,8 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_backbone_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a backbone file: a plain `state_dict`, or one of our checkpoints holding `backbone`/`model`."""
+    """Read a backbone file: a plain `state_dict`, or one of our checkpoints holding `backbone`/`model`
+    (a BYOL pre-training's last.pt / best.pt gives its online network)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "backbone file not found", "pass --backbone FILE (see README: pre-training)")
@@ -47,7 +48,11 @@ def load_backbone_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "backbone" in state:
         state = state["backbone"]
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = {k.removeprefix("net."): v for k, v in state["model"].items()}
+        model, online = state["model"], "online_encoder.net."
+        if any(k.startswith(online) for k in model):  # BYOL: leave the target network and the heads
+            state = {k.removeprefix(online): v for k, v in model.items() if k.startswith(online)}
+        else:  # a supervised pre-training (a bare ResNet) or a classifier (`net.` inside Classifier)
+            state = {k.removeprefix("net."): v for k, v in model.items()}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(path, "does not hold a state_dict", "a backbone file is torchvision resnet50's state_dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -65,6 +70,13 @@ def load_backbone_into(model: torchvision.models.ResNet, path: str | os.PathLike
     if missing or unexpected:
         raise UserError(path, f"backbone keys do not match {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})",
                         "export the backbone with p1_pretrain.py")
+
+
+def pooled_features(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+    """A ResNet's pooled feature, whatever its `fc` holds (512-d for resnet18, 2048-d for resnet50)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
 
 
 class Classifier(nn.Module):
@@ -88,10 +100,7 @@ class Classifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The second-last layer: the pooled feature before `fc` (2048-d for resnet50)."""
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        return torch.flatten(n.avgpool(x), 1)
+        return pooled_features(self.net, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -19,10 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import engine, io
+from . import engine, io, precision
 from .data import data_dir, load_rgb
 from .errors import UserError
 from .metrics import confusion_matrix, iou_from_confusion
+from .precision import Precision
 from .seg_data import (AUGMENTS, CLASS_NAMES, EVAL_CLASSES, NUM_CLASSES, SNAPSHOT_STEMS, SatMaskDataset,
                        classes_to_rgb, collate, find_pairs, write_mask)
 from .seg_models import WEIGHTS, build_seg_model
@@ -67,11 +68,12 @@ def predict_classes(model: nn.Module, images: torch.Tensor, sizes: list[tuple[in
             for s, size in zip(scores, sizes)]
 
 
-def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, show: bool = True) -> dict:
+def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, show: bool = True,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Validation mIoU and per-class IoU over this rank's share of `loader`, summed over ranks."""
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
     for batch in tqdm(loader, desc="validation", leave=False, dynamic_ncols=True, disable=not show):
-        batch = engine.to_device(batch, device)
+        batch = engine.to_device(batch, device, memory_format)
         masks = list(batch["mask"])
         for pred, mask in zip(predict_classes(model, batch["image"], [m.shape for m in masks]), masks):
             cm += confusion_matrix(pred, mask, NUM_CLASSES)
@@ -80,7 +82,8 @@ def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, sh
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, batches: int, world_size: int) -> None:
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, batches: int, world_size: int,
+                          memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """Set every batch-norm layer's running statistics to their plain average over `batches` training
     batches ("precise BN"), averaged over ranks; the model is left in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -91,7 +94,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
     if norms:
         model.train()
         for _, batch in zip(range(batches), loader):
-            model(engine.to_device(batch, device)["image"])
+            model(engine.to_device(batch, device, memory_format)["image"])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         engine.all_reduce_sum(m.running_mean).div_(world_size)
@@ -109,7 +112,7 @@ def snapshot_tags(epoch: int, epochs: int, last: bool) -> list[str]:
 
 @torch.no_grad()
 def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch: int, tags: list[str],
-                    device: torch.device, amp: bool) -> None:
+                    device: torch.device, prec: Precision) -> None:
     """For each snapshot stem present: OUT/snapshots/<stem>_epochNNN_<tags>_mask.png and a figure
     image | ground truth | prediction beside it."""
     from .viz import save_image_grid  # matplotlib: imported by training runs only, when a snapshot is due
@@ -120,8 +123,9 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
         if pair.stem not in SNAPSHOT_STEMS:
             continue
         item = val_set[index]
-        with engine.autocast(device, amp):
-            pred = predict_classes(model, engine.to_device(item["image"][None], device), [item["mask"].shape])[0]
+        with prec.autocast():
+            image = engine.to_device(item["image"][None], device, prec.memory_format)
+            pred = predict_classes(model, image, [item["mask"].shape])[0]
         pred = pred.cpu().numpy()
         name = f"{pair.stem}_epoch{epoch + 1:03d}_{'-'.join(tags)}"
         write_mask(out / "snapshots" / f"{name}_mask.png", pred)
@@ -150,7 +154,8 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
                         "use --batch-size 2 or more per process")
 
     model = build_seg_model(arch, args.weights, aux=aux_weight > 0)
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    prec = precision.resolve(args.precision, device)
+    model = model.to(device, memory_format=prec.memory_format)
 
     def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
         outputs = m(batch["image"])
@@ -163,12 +168,12 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         last = record["epoch"] == args.epochs or (args.max_steps is not None and record["step"] >= args.max_steps)
         tags = snapshot_tags(epoch, args.epochs, last)
         if tags:
-            write_snapshots(model, val_set, out, epoch, tags, device, args.amp)
+            write_snapshots(model, val_set, out, epoch, tags, device, prec)
 
     def evaluate(m: nn.Module, epoch: int) -> dict:
         if args.bn_recalibrate:
-            recalibrate_batchnorm(m, loader, device, args.bn_recalibrate, dist.world_size)
-        return evaluate_miou(m, val_loader, device, show=dist.is_main)
+            recalibrate_batchnorm(m, loader, device, args.bn_recalibrate, dist.world_size, prec.memory_format)
+        return evaluate_miou(m, val_loader, device, show=dist.is_main, memory_format=prec.memory_format)
 
     task = engine.Task(
         model=model, loss_fn=loss_fn, monitor="miou", on_epoch_end=on_epoch_end,

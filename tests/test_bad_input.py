@@ -25,7 +25,7 @@ import p2_train_fcn32
 from hw1.errors import run_main
 from hw1.models import backbone_state, build_resnet
 from hw1.seg_data import CLASS_COLOURS
-from robust_helpers import one_thread, run, small_p1_root, small_p2_root
+from robust_helpers import PYTHON, ROOT, one_thread, run, small_p1_root, small_p2_root
 
 TRAIN = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
          "--epochs", "1", "--max-steps", "1"]
@@ -362,3 +362,38 @@ def test_bad_input_debug_flag_shows_the_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" in err
     assert err.rstrip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'}: data root not found")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0 JFIF" + bytes(range(256)), b"id,filename\n" + bytes(range(128))],
+                         ids=["jpeg-bytes", "nul-bytes"])
+def test_bad_input_binary_file_given_as_the_csv(content, p1, tmp_path, capsys):
+    """An image or other binary file where hw1_1.sh wants the CSV: one line, not a UnicodeDecodeError."""
+    val = p1 / "p1_data" / "office" / "val"
+    binary = tmp_path / "images.csv"
+    binary.write_bytes(content)
+    fails(capsys, p1_inference.main, p1_infer(binary, val, tmp_path / "pred.csv", p1 / "backbone.pt"), binary,
+          "not a text CSV", "pass the id,filename,label CSV file")
+    proc = run(["bash", "hw1_1.sh", str(binary), str(val), str(tmp_path / "pred.csv")],
+               env_extra={"P1_CHECKPOINT": str(p1 / "backbone.pt")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in visible_lines(proc.stderr) if not line.startswith("note:")] == [
+        f"error: {binary}: not a text CSV " + ("(byte 0 is not UTF-8)" if content[0] == 0xFF else "(it holds NUL bytes)")
+        + " — pass the id,filename,label CSV file"]
+
+
+@pytest.mark.parametrize("script, argv", [("hw1_1.sh", ["a.csv", "images", "out.csv"]), ("hw1_2.sh", ["images", "masks"])])
+def test_bad_input_grading_script_without_a_python_that_has_torch(script, argv, tmp_path):
+    """A fresh clone without .venv, where `python3` lacks torch: the set-up command, not a ModuleNotFoundError."""
+    repo, bin_dir = tmp_path / "clone", tmp_path / "bin"
+    repo.mkdir()
+    bin_dir.mkdir()
+    (repo / script).write_bytes((ROOT / script).read_bytes())
+    no_site = bin_dir / "python3"  # this venv's interpreter without its site-packages: no torch
+    no_site.write_text(f"#!/bin/sh\nexec {PYTHON} -S \"$@\"\n")
+    no_site.chmod(0o755)
+    proc = run(["bash", str(repo / script), *argv], env_extra={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert visible_lines(proc.stderr) == [
+        f"error: python3: no Python with torch and torchvision found — set up once in {repo}: python3 -m venv .venv && "
+        ".venv/bin/pip install -r requirements.txt (or set HW1_PYTHON)"]
+    assert "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" in (ROOT / "README.md").read_text()

@@ -11,6 +11,8 @@ import torch
 import p1_finetune
 import reproduce
 from conftest import P1_LEARN_EPOCHS, P1_SMALL
+from hw1.models import load_backbone_file
+from robust_helpers import small_p1_root
 
 SETTINGS = ("A", "B", "C", "D", "E")
 LEARNED = 0.10  # val accuracy after the fixture's 6 epochs: 6.5x chance (seeds 0-2 reach 0.18-0.29)
@@ -80,3 +82,40 @@ def test_defaults_are_the_reference_recipe(capsys: pytest.CaptureFixture) -> Non
     assert re.search(r"--epochs EPOCHS\s+default: 500\b", capsys.readouterr().out)
     full = reproduce.PRESETS["full"]
     assert "--epochs" not in full["finetune"] and "500 epochs" in full["description"]
+
+
+def test_default_supervised_backbone_comes_from_the_data_root(tiny_data: Path, p1_supervised_backbone: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B/D without --backbone read DATA_ROOT/p1_data/pretrain_model_SL.pt, wherever the command runs from."""
+    root = small_p1_root(tiny_data, tmp_path / "data", train=8, val=4, mini=0)
+    given = root / "p1_data" / "pretrain_model_SL.pt"
+    given.symlink_to(p1_supervised_backbone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a stray hw1_data/ here must not matter: there is none
+    out = tmp_path / "out"
+    run_finetune(root, out, "D", None, "--batch-size", "4", "--epochs", "1", "--max-steps", "1")
+    with open(out / "results.csv", newline="") as f:
+        (result,) = list(csv.DictReader(f))
+    assert result["backbone"] == str(given)
+    assert "default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt" in " ".join(p1_finetune.get_args_parser().format_help().split())
+
+
+def test_backbone_may_be_the_pretraining_checkpoint_itself(p1_backbone: Path, p1_supervised_backbone: Path,
+                                                           tiny_data: Path, tmp_path: Path) -> None:
+    """BYOL's last.pt gives its online network (not the target, not the heads); a supervised last.pt its ResNet."""
+    for exported in (p1_backbone, p1_supervised_backbone):
+        last = exported.parent / "last.pt"
+        assert last.is_file() and "model" in torch.load(last, weights_only=False)
+        expected = torch.load(exported, weights_only=True)
+        taken = load_backbone_file(last)
+        assert taken.keys() - {"fc.weight", "fc.bias"} == expected.keys()
+        assert all(torch.equal(taken[k], v) for k, v in expected.items())
+    byol = torch.load(p1_backbone.parent / "last.pt", weights_only=False)["model"]
+    assert any(not torch.equal(byol[f"target_encoder.net.{k}"], v) for k, v in load_backbone_file(p1_backbone).items()
+               if v.is_floating_point()), "online and target are equal: the test could not tell them apart"
+    out = tmp_path / "out"
+    run_finetune(tiny_data, out, "C", p1_backbone.parent / "last.pt", "--batch-size", "32", "--epochs", "1",
+                 "--max-steps", "1")
+    with open(out / "results.csv", newline="") as f:
+        assert list(csv.DictReader(f))[0]["backbone"] == str(p1_backbone.parent / "last.pt")

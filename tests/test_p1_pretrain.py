@@ -196,3 +196,18 @@ def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_d
         times = {k: float(r[k]) for k in ("step_s", "data_wait_s", "eval_s", "checkpoint_s")}
         assert all(v >= 0 for v in times.values()) and times["data_wait_s"] <= times["step_s"], r
     assert float(rows[2]["eval_s"]) > 0 and float(rows[0]["eval_s"]) == 0  # no monitor: not even a call
+
+
+def test_supervised_knn_monitor_reads_the_pooled_feature_not_the_logits(tiny_data: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for BYOL: the monitor scores the 512-d pooled feature, not the 64 Mini-ImageNet logits of `fc`."""
+    seen: list[tuple[int, int]] = []
+
+    def spy(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, *rest, **kw) -> float:
+        seen.append((train_f.shape[1], val_f.shape[1]))
+        return knn_accuracy(train_f, train_y, val_f, *rest, **kw)
+
+    monkeypatch.setattr(p1_pretrain, "knn_accuracy", spy)
+    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
+                      "--device", "cpu", "--batch-size", "8", "--epochs", "1", "--max-steps", "1"])
+    assert seen == [(512, 512)]
