@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hw1 import data, engine, io, precision
+from hw1 import checkpoint, data, distributed, engine, io, loading, precision
 from hw1.byol import VIEW_PARAMS, blur_kernel, byol_view_transform
 from hw1.gpu_aug import batch_views
 
@@ -235,7 +235,7 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     from hw1 import cache
     from hw1.byol import TwoViews
 
-    dist = engine.Dist()
+    dist = distributed.Dist()
     paths = data.mini_paths(cfg.data_root)
     n_batches = cfg.warmup + cfg.steps
     rows = []
@@ -246,13 +246,13 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     for name, dataset, augment in (("data-b: loader, TwoViews per image (CPU path)", b_set, False),
                                    ("data-c: cache loader only", c_set, False),
                                    ("data-c: cache loader + batched views on the device", c_set, True)):
-        loader = engine.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, dist=dist, device=device)
+        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, dist=dist, device=device)
         it = iter(loader)
         times = []
         for k in range(min(n_batches, len(loader))):
             sync(device)
             t = time.perf_counter()
-            images = engine.to_device(next(it)[0], device)
+            images = loading.to_device(next(it)[0], device)
             if augment:
                 for v in views:
                     v(images)
@@ -331,13 +331,13 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         args = pretrain_args(cfg, Path(out), *flags)
-        engine.seed_everything(0)
+        distributed.seed_everything(0)
         with PeakMemory(device) as mem:
-            task, loader = p1_pretrain.setup(args, engine.Dist(), device)
+            task, loader = p1_pretrain.setup(args, distributed.Dist(), device)
             task.evaluate, task.on_save, task.keep_first = None, None, False
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
-                history = engine.fit(args, task, loader, engine.Dist(), device)
+                history = engine.fit(args, task, loader, distributed.Dist(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
     row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first,
@@ -425,7 +425,7 @@ def bench_hw12(cfg: argparse.Namespace, device: torch.device, work: Path) -> dic
     make_images(images, cfg.hw12_images, 512, stem="{i:04d}_sat", seed=1)
     ckpt = work / "p2_random.pt"
     meta = {"task": "segment", "arch": arch, "num_classes": 7, "image_size": cfg.seg_size}
-    engine.save_checkpoint(ckpt, {"model": build_seg_model(arch, "none").state_dict(), "meta": meta})
+    checkpoint.save_checkpoint(ckpt, {"model": build_seg_model(arch, "none").state_dict(), "meta": meta})
     env = {**os.environ, "P2_CHECKPOINT": str(ckpt)}
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -450,7 +450,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = pretrain_args(cfg, Path(out), "--gpu-aug", "--cache")
         args.max_steps = 4  # steps 0, 1 wait, 2 warms the profiler up, 3 is recorded
-        task, loader = p1_pretrain.setup(args, engine.Dist(), device)
+        task, loader = p1_pretrain.setup(args, distributed.Dist(), device)
         task.evaluate, task.on_save, task.keep_first = None, None, False
         forward, ema = task.loss_fn, task.after_step
 
@@ -468,7 +468,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
 
         task.loss_fn, task.after_step = loss_fn, after_step
         with prof:
-            engine.fit(args, task, loader, engine.Dist(), device)
+            engine.fit(args, task, loader, distributed.Dist(), device)
     events = prof.key_averages()
     on_gpu = device.type == "cuda"
 
@@ -504,8 +504,8 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
 
     tf = data.classify_eval_transform(128)
     t = time.perf_counter()
-    for paths in office.values():  # before: engine.extract_features over the JPEGs, a fresh pool each set
-        engine.extract_features(pool, data.ImageListDataset(paths, [0] * len(paths), tf), device, workers=cfg.workers)
+    for paths in office.values():  # before: loading.extract_features over the JPEGs, a fresh pool each set
+        loading.extract_features(pool, data.ImageListDataset(paths, [0] * len(paths), tf), device, workers=cfg.workers)
     rows["monitor data path, before: decode the JPEGs, 2 fresh loader pools"] = {"seconds": time.perf_counter() - t}
     args = argparse.Namespace(cache=True, cache_dir=str(work / "cache"), data_root=str(work), workers=cfg.workers)
     t = time.perf_counter()
@@ -550,7 +550,7 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
         path = Path(cfg.out) / f".overhead-{name}"  # the output disk, not a RAM-backed temp folder
         sync(device)
         t = time.perf_counter()
-        engine.save_checkpoint(path, obj)
+        checkpoint.save_checkpoint(path, obj)
         rows[f"write {name} ({cfg.arch} BYOL{', AdamW state' if name == 'last.pt' else ''})"] = {
             "seconds": time.perf_counter() - t, "gb": path.stat().st_size / 1e9}
         path.unlink()
@@ -560,8 +560,8 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
     c_path = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
     for name, dataset in (("(c) cache", cache.CachedImages(c_path)),
                           ("(b) TwoViews", data.ImageListDataset(paths, transform=TwoViews(cfg.image_size)))):
-        loader = engine.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0,
-                                    dist=engine.Dist(), device=device)
+        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0,
+                                     dist=distributed.Dist(), device=device)
         firsts = []
         for epoch in range(2):  # epoch 0 starts the workers, as every epoch did before; epoch 1 finds them kept
             loader.sampler.set_epoch(epoch)
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = parser.parse_args(argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = engine.setup_device(cfg.device)
+    device = distributed.setup_device(cfg.device)
     cfg.device_name = device.type
     cfg.prec = precision.resolve(cfg.precision, device)
     t_start = time.perf_counter()

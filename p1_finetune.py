@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, engine, io, precision
+from hw1 import cache, data, distributed, engine, io, loading, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
 
@@ -63,8 +63,8 @@ def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    dist, device = engine.init_distributed(args.device)
-    engine.seed_everything(args.seed)
+    dist, device = distributed.init_distributed(args.device)
+    distributed.seed_everything(args.seed)
     model, backbone = build_classifier(args)
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     barrier = torch.distributed.barrier if dist.enabled else None
     train_set = cache.maybe_cached(args, train_set, "office_train", is_main=dist.is_main, barrier=barrier)
     val_set = cache.maybe_cached(args, val_set, "office_val", is_main=dist.is_main, barrier=barrier)
-    loader = engine.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
-    val_loader = engine.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
+    loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
+    val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
 
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels = batch
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         """Validation accuracy, summed over ranks (each rank sees its share of the val set)."""
         counts = torch.zeros(2, device=device)
         for images, labels in val_loader:
-            images, labels = engine.to_device((images, labels), device, memory_format)
+            images, labels = loading.to_device((images, labels), device, memory_format)
             counts += torch.stack([(m(images).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)]).float()
-        correct, total = engine.all_reduce_sum(counts).tolist()
+        correct, total = distributed.all_reduce_sum(counts).tolist()
         return {"val_acc": correct / total}
 
     task = engine.Task(
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             "epochs": history[-1]["epoch"], "steps": history[-1]["step"], "out": str(Path(args.out)),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

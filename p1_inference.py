@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hw1 import data, engine, io, precision
+from hw1 import checkpoint, data, distributed, io, loading, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, guess_arch
 
@@ -62,7 +62,7 @@ def describe(state: dict) -> str:
 def load_classifier(path: Path, device: torch.device,
                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Classifier, dict]:
     """Build exactly the model the checkpoint's `meta` names and load its weights."""
-    state = engine.load_checkpoint(path)
+    state = checkpoint.load_checkpoint(path)
     meta = state.get("meta")
     if not isinstance(meta, dict) or meta.get("task") != "classify" or not isinstance(state.get("model"), dict):
         raise UserError(path, f"holds {describe(state)}, not a Problem 1 classifier",
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     path = checkpoint_path(args.checkpoint)  # input mistakes first, before any device notes
     rows = data.read_image_csv(args.csv, args.image_dir, need_labels=False)
     io.ensure_dir(Path(args.out).parent)  # an unwritable output fails now, not after the predictions
-    device = engine.setup_device(args.device)
+    device = distributed.setup_device(args.device)
     prec = precision.resolve(args.precision, device, grading=True)
     model, meta = load_classifier(path, device, prec.memory_format)
 
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     image_dir = Path(args.image_dir)
     dataset = data.ImageListDataset([image_dir / r.filename for r in rows],
                                     transform=data.classify_eval_transform(meta["image_size"]))
-    logits, _ = engine.extract_features(model, dataset, device, prec=prec, batch_size=args.batch_size,
-                                        workers=args.workers, desc="inference")
+    logits, _ = loading.extract_features(model, dataset, device, prec=prec, batch_size=args.batch_size,
+                                         workers=args.workers, desc="inference")
     preds = logits.argmax(1).tolist()
     io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
     print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, {prec.describe()}, "

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from hw1 import cache, data, engine, precision
+from hw1 import cache, checkpoint, data, distributed, engine, loading, precision
 from hw1.byol import TargetEMA, TwoViews, build_byol
 from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
@@ -62,11 +62,11 @@ def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, s
         if tuple(x.shape[-2:]) != (size, size):
             x = TF.resize(x, [size, size], antialias=True)
         x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), data.IMAGENET_MEAN, data.IMAGENET_STD)
-        out.append(fn(engine.to_device(x, x.device, memory_format)).float())  # the model's memory format
+        out.append(fn(loading.to_device(x, x.device, memory_format)).float())  # the model's memory format
     return torch.cat(out)
 
 
-def knn_monitor(args: argparse.Namespace, dist: engine.Dist, device: torch.device, memory_format: torch.memory_format):
+def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.device, memory_format: torch.memory_format):
     """Cosine kNN accuracy, Office-Home train → val, of a backbone's pooled features (None without the data).
 
     The images are decoded once (the cache, or here when it is off) and kept on the training device as
@@ -92,7 +92,7 @@ def knn_monitor(args: argparse.Namespace, dist: engine.Dist, device: torch.devic
     return evaluate
 
 
-def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> tuple[engine.Task, torch.utils.data.DataLoader]:
+def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device) -> tuple[engine.Task, torch.utils.data.DataLoader]:
     """The pre-training task and its loader (bench.py times exactly this)."""
     out = Path(args.out)
     paths = data.mini_paths(args.data_root)
@@ -129,16 +129,16 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
         backbone = model
         loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
 
-    loader = engine.make_loader(dataset, args.batch_size, train=True, workers=args.workers, seed=args.seed,
-                                dist=dist, device=device)
+    loader = loading.make_loader(dataset, args.batch_size, train=True, workers=args.workers, seed=args.seed,
+                                 dist=dist, device=device)
     total_steps = loader.sampler.batches_per_epoch() * args.epochs
     after_step = TargetEMA(model, total_steps, args.ema_start) if args.method == "byol" else None
 
     def export_backbone(epoch: int) -> None:
         state = backbone_state(backbone)
         if epoch == 0:
-            engine.save_checkpoint(out / "backbone_first.pt", state)
-        engine.save_checkpoint(out / "backbone_last.pt", state)
+            checkpoint.save_checkpoint(out / "backbone_first.pt", state)
+        checkpoint.save_checkpoint(out / "backbone_last.pt", state)
 
     task = engine.Task(
         model=model, loss_fn=loss_fn,
@@ -151,17 +151,17 @@ def setup(args: argparse.Namespace, dist: engine.Dist, device: torch.device) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    dist, device = engine.init_distributed(args.device)
-    engine.seed_everything(args.seed)
+    dist, device = distributed.init_distributed(args.device)
+    distributed.seed_everything(args.seed)
     task, loader = setup(args, dist, device)
-    dataset = loader.dataset.dataset  # inside engine.Seeded
+    dataset = loader.dataset.dataset  # inside loading.Seeded
     out = Path(args.out)
     if dist.is_main:
         print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {dist.world_size}")
     history = engine.fit(args, task, loader, dist, device)
     if dist.is_main and history:
         print(f"backbone: {out / 'backbone_last.pt'}")
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

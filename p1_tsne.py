@@ -20,7 +20,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from hw1 import data, engine, io, precision, viz
+from hw1 import checkpoint, data, distributed, io, loading, precision, viz
 from hw1.errors import UserError, run_main
 from hw1.metrics import knn_accuracy
 from hw1.models import Classifier
@@ -68,9 +68,9 @@ def silhouette_2d(embedding: np.ndarray, labels: np.ndarray) -> float:
 def load_classifier(path: str, device: torch.device,
                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Classifier, dict, int]:
     """A p1_finetune.py checkpoint → (model in eval mode, meta, epochs trained)."""
-    ckpt = engine.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     meta = ckpt.get("meta", {})
-    engine.check_meta(path, meta, {"task": "classify"}, keys=("task",))
+    checkpoint.check_meta(path, meta, {"task": "classify"}, keys=("task",))
     if "arch" not in meta or "model" not in ckpt:
         raise UserError(path, "not a classifier checkpoint (no meta.arch / model)", "pass a checkpoint of p1_finetune.py")
     model = Classifier(meta["arch"], meta.get("num_classes", data.NUM_OFFICE_CLASSES))
@@ -85,7 +85,7 @@ def label_for(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    device = engine.setup_device(args.device)
+    device = distributed.setup_device(args.device)
     prec = precision.resolve(args.precision, device)
     out = Path(args.out)
     results, embeddings, titles = [], [], []
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         tf = data.classify_eval_transform(meta.get("image_size", 128))
         train_set, val_set = data.office_dataset(args.data_root, "train", tf), data.office_dataset(args.data_root, "val", tf)
         kw = dict(batch_size=args.batch_size, workers=args.workers, prec=prec)
-        train_f, train_y = engine.extract_features(model.features, train_set, device, desc=f"{ckpt_path.name} train", **kw)
-        val_f, val_y = engine.extract_features(model.features, val_set, device, desc=f"{ckpt_path.name} val", **kw)
+        train_f, train_y = loading.extract_features(model.features, train_set, device, desc=f"{ckpt_path.name} train", **kw)
+        val_f, val_y = loading.extract_features(model.features, val_set, device, desc=f"{ckpt_path.name} val", **kw)
         knn = knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)
         labels = train_y.cpu().numpy()
         emb = tsne_2d(train_f.cpu().numpy(), seed=args.seed, perplexity=args.perplexity, pca_dims=args.pca_dims)

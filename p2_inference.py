@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hw1 import engine, io, precision
+from hw1 import checkpoint, distributed, io, loading, precision
 from hw1.errors import run_main
 from hw1.seg_data import MASK_SUFFIX, SatMaskDataset, collate, find_pairs, write_mask
 from hw1.seg_models import model_from_checkpoint
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.checkpoint or os.environ.get("P2_CHECKPOINT") or DEFAULT_CHECKPOINT)
     pairs = find_pairs(args.image_dir, need_masks=False)
     out = io.ensure_dir(args.output_dir)  # created (or refused) before any work
-    device = engine.setup_device(args.device)
-    model, meta = model_from_checkpoint(path, engine.load_checkpoint(path))
+    device = distributed.setup_device(args.device)
+    model, meta = model_from_checkpoint(path, checkpoint.load_checkpoint(path))
     prec = precision.resolve(args.precision, device, grading=True)
     model = model.to(device, memory_format=prec.memory_format).eval()
     loader = DataLoader(SatMaskDataset(pairs, meta["image_size"]), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")
     with torch.no_grad(), prec.autocast():
         for batch in tqdm(loader, desc="masks", dynamic_ncols=True):
-            images = engine.to_device(batch["image"], device, prec.memory_format)
+            images = loading.to_device(batch["image"], device, prec.memory_format)
             preds = predict_classes(model, images, batch["size"].tolist(), tta=args.tta)
             for index, pred in zip(batch["index"].tolist(), preds):
                 write_mask(out / f"{pairs[index].stem}{MASK_SUFFIX}", pred.cpu().numpy())

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw1 import data, engine, io, viz
+from hw1 import data, distributed, io, viz
 from hw1.errors import UserError, run_main
 
 REPORT_STEMS = ("0013", "0062", "0104")
@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     for p in images:
         if not p.is_file():
             raise UserError(p, "image not found", "check the path")
-    engine.seed_everything(args.seed)
+    distributed.seed_everything(args.seed)
     if args.random_tiny:
         _segment_anything()
         sam, model_name = build_tiny_sam(), "untrained tiny SAM (test model)"
     else:
         sam, model_name = build_sam(args.checkpoint, args.model_type), args.checkpoint
-    device = engine.setup_device(args.device)
+    device = distributed.setup_device(args.device)
     sam.to(device)
     from segment_anything import SamAutomaticMaskGenerator
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import engine, io, precision
+from . import distributed, engine, io, loading, precision
 from .data import data_dir, load_rgb
 from .errors import UserError
 from .metrics import confusion_matrix, iou_from_confusion
@@ -73,11 +73,11 @@ def evaluate_miou(model: nn.Module, loader: DataLoader, device: torch.device, sh
     """Validation mIoU and per-class IoU over this rank's share of `loader`, summed over ranks."""
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device)
     for batch in tqdm(loader, desc="validation", leave=False, dynamic_ncols=True, disable=not show):
-        batch = engine.to_device(batch, device, memory_format)
+        batch = loading.to_device(batch, device, memory_format)
         masks = list(batch["mask"])
         for pred, mask in zip(predict_classes(model, batch["image"], [m.shape for m in masks]), masks):
             cm += confusion_matrix(pred, mask, NUM_CLASSES)
-    ious, miou = iou_from_confusion(engine.all_reduce_sum(cm), EVAL_CLASSES)
+    ious, miou = iou_from_confusion(distributed.all_reduce_sum(cm), EVAL_CLASSES)
     return {"miou": miou, **{f"iou_{name}": v for name, v in zip(CLASS_NAMES, ious)}}
 
 
@@ -94,11 +94,11 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
     if norms:
         model.train()
         for _, batch in zip(range(batches), loader):
-            model(engine.to_device(batch, device, memory_format)["image"])
+            model(loading.to_device(batch, device, memory_format)["image"])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
-        engine.all_reduce_sum(m.running_mean).div_(world_size)
-        engine.all_reduce_sum(m.running_var).div_(world_size)
+        distributed.all_reduce_sum(m.running_mean).div_(world_size)
+        distributed.all_reduce_sum(m.running_var).div_(world_size)
     model.eval()
 
 
@@ -124,7 +124,7 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
             continue
         item = val_set[index]
         with prec.autocast():
-            image = engine.to_device(item["image"][None], device, prec.memory_format)
+            image = loading.to_device(item["image"][None], device, prec.memory_format)
             pred = predict_classes(model, image, [item["mask"].shape])[0]
         pred = pred.cpu().numpy()
         name = f"{pair.stem}_epoch{epoch + 1:03d}_{'-'.join(tags)}"
@@ -140,15 +140,15 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 
 def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0) -> list[dict]:
     """Build data, model and `engine.Task`, then run `engine.fit`; returns the epoch log."""
-    dist, device = engine.init_distributed(args.device)
-    engine.seed_everything(args.seed)
+    dist, device = distributed.init_distributed(args.device)
+    distributed.seed_everything(args.seed)
     out = Path(args.out)
     p2 = data_dir(args.data_root, "p2_data")
     train_set = SatMaskDataset(find_pairs(p2 / "train", need_masks=True), args.image_size, augment=args.augment)
     val_set = SatMaskDataset(find_pairs(p2 / "validation", need_masks=True), args.image_size, full_res_masks=True)
     kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
-    loader = engine.make_loader(train_set, args.batch_size, train=True, **kw)
-    val_loader = engine.make_loader(val_set, args.batch_size, train=False, **kw)
+    loader = loading.make_loader(train_set, args.batch_size, train=True, **kw)
+    val_loader = loading.make_loader(val_set, args.batch_size, train=False, **kw)
     if arch != "fcn32s" and min(loader.sampler.local_batch, len(train_set) // dist.world_size) < 2:
         raise UserError("--batch-size", "DeepLabV3's batch norm needs at least 2 training images per process and step",
                         "use --batch-size 2 or more per process")
@@ -193,5 +193,5 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
             "arch": arch, "weights": args.weights, "miou": final, "best_miou": best, "epochs": history[-1]["epoch"],
             "steps": history[-1]["step"], "out": str(out), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()
     return history

@@ -67,12 +67,12 @@ def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained DeepLabV3-MobileNetV3 checkpoint at 32 px, with the meta p2_train_deeplab.py writes."""
-    from hw1 import engine
+    from hw1 import checkpoint
     from hw1.seg_data import NUM_CLASSES
     from hw1.seg_models import build_seg_model
 
     arch = "deeplabv3_mobilenet_v3_large"
     path = tmp_path_factory.mktemp("seg_checkpoint") / "seg.pt"
-    engine.save_checkpoint(path, {"model": build_seg_model(arch, "none").state_dict(), "meta": {
+    checkpoint.save_checkpoint(path, {"model": build_seg_model(arch, "none").state_dict(), "meta": {
         "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none", "aux": False}})
     return path

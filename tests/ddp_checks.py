@@ -17,7 +17,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw1 import engine  # noqa: E402
+from hw1 import distributed, stopping  # noqa: E402
 from hw1.byol import GlobalBatchNorm1d, build_byol  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
 
@@ -66,10 +66,10 @@ def check_byol_heads_synced() -> None:
 def check_ranks_agree_to_stop(rank: int) -> None:
     """A SIGTERM seen by one rank stops all ranks at the same step; a NaN on one rank is an error on all."""
     no_nan = torch.tensor(math.inf)
-    assert engine._agree_to_stop(no_nan, stop_requested=rank == 1, out=Path("out")) is True
-    assert engine._agree_to_stop(no_nan, stop_requested=False, out=Path("out")) is False
+    assert stopping.agree_to_stop(no_nan, stop_requested=rank == 1, out=Path("out")) is True
+    assert stopping.agree_to_stop(no_nan, stop_requested=False, out=Path("out")) is False
     try:
-        engine._agree_to_stop(torch.tensor(5.0 if rank == 1 else math.inf), stop_requested=False, out=Path("out"))
+        stopping.agree_to_stop(torch.tensor(5.0 if rank == 1 else math.inf), stop_requested=False, out=Path("out"))
     except UserError as err:
         assert "NaN/inf at step 5" in err.line(), err.line()
     else:
@@ -78,7 +78,7 @@ def check_ranks_agree_to_stop(rank: int) -> None:
 
 def run_all() -> None:
     """Join the gloo group (left open for a script to use) and run every check."""
-    dist_info, _ = engine.init_distributed("cpu")
+    dist_info, _ = distributed.init_distributed("cpu")
     rank, world = dist_info.rank, dist_info.world_size
     assert world == 2 and dist.get_backend() == "gloo"
     check_global_batchnorm(rank, world)
@@ -89,4 +89,4 @@ def run_all() -> None:
 
 if __name__ == "__main__":
     run_all()
-    engine.cleanup_distributed()
+    distributed.cleanup_distributed()

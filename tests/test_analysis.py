@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw1 import engine, io, viz
+from hw1 import checkpoint, engine, io, viz
 from hw1.data import NUM_OFFICE_CLASSES
 from hw1.errors import run_main
 from hw1.models import Classifier
@@ -43,7 +43,7 @@ def test_p1_tsne_script_on_two_checkpoints(tiny_data, tmp_path, capsys):
         model = Classifier("resnet18", NUM_OFFICE_CLASSES)
         path = tmp_path / "finetune_C" / f"{name}.pt"
         meta = {"task": "classify", "arch": "resnet18", "num_classes": NUM_OFFICE_CLASSES, "image_size": 32, "setting": "C"}
-        engine.save_checkpoint(path, {"model": model.state_dict(), "meta": meta, "epoch": 1 + seed})
+        checkpoint.save_checkpoint(path, {"model": model.state_dict(), "meta": meta, "epoch": 1 + seed})
         paths.append(str(path))
     out = tmp_path / "tsne"
     p1_tsne.main(["--checkpoints", *paths, "--data-root", str(tiny_data), "--out", str(out), "--device", "cpu",
@@ -61,7 +61,7 @@ def test_p1_tsne_rejects_a_segmentation_checkpoint(tmp_path, capsys):
     import p1_tsne
 
     path = tmp_path / "seg.pt"
-    engine.save_checkpoint(path, {"model": {}, "meta": {"task": "segment", "arch": "fcn32s"}})
+    checkpoint.save_checkpoint(path, {"model": {}, "meta": {"task": "segment", "arch": "fcn32s"}})
     with pytest.raises(SystemExit) as exit_:
         run_main(p1_tsne.main)(["--checkpoints", str(path), "--device", "cpu"])
     assert exit_.value.code == 2

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import p1_finetune
-from hw1.engine import Dist, EpochSampler
+from hw1.distributed import Dist
+from hw1.loading import EpochSampler
 from hw1.models import backbone_state, build_resnet
 from robust_helpers import (PYTHON, ROOT, assert_same_run, max_abs_diff, model_state, one_thread, run, small_p1_root,
                             small_p2_root)

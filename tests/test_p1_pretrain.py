@@ -13,7 +13,7 @@ from torchvision.transforms import v2 as T
 
 import p1_pretrain
 from conftest import P1_SMALL
-from hw1 import data, engine, io
+from hw1 import checkpoint, data, distributed, engine, io, loading
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
 from hw1.metrics import knn_accuracy
@@ -52,7 +52,7 @@ def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(T.RandomResizedCrop, "make_params", record)
     gradient_image().save(tmp_path / "g.png")
     dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
-    loader = engine.make_loader(dataset, BATCH, train=True, workers=0, seed=0, dist=engine.Dist(), device=torch.device("cpu"))
+    loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, dist=distributed.Dist(), device=torch.device("cpu"))
     views, _ = next(iter(loader))
     assert views.shape == (BATCH, 2, 3, 32, 32)
     assert len(crops) == 2 * BATCH
@@ -79,7 +79,7 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
                                                      "--batch-size", "8", "--projection-hidden-size", "64", "--no-cache"])
     for gpu_aug, kind in ((False, SelectView), (True, type(batch_views(32)[0]))):
         args.gpu_aug = gpu_aug
-        task, _ = p1_pretrain.setup(args, engine.Dist(), torch.device("cpu"))
+        task, _ = p1_pretrain.setup(args, distributed.Dist(), torch.device("cpu"))
         assert isinstance(task.model.augment1, kind) and isinstance(task.model.augment2, kind)
         assert task.model.augment1 is not task.model.augment2
         assert task.model.online_encoder.use_simplicial_embeddings is False  # byol-pytorch 0.9 defaults it on: not BYOL
@@ -133,8 +133,8 @@ def test_byol_backbone_beats_its_random_initialisation_on_knn(byol_run: tuple[Pa
         net.fc = torch.nn.Identity()
         net.load_state_dict(state)
         net.eval()
-        return knn_accuracy(*engine.extract_features(net, train_set, torch.device("cpu")),
-                            *engine.extract_features(net, val_set, torch.device("cpu")))
+        return knn_accuracy(*loading.extract_features(net, train_set, torch.device("cpu")),
+                            *loading.extract_features(net, val_set, torch.device("cpu")))
 
     random_acc, byol_acc = knn(init), knn(torch.load(out / "backbone_last.pt", weights_only=True))
     assert len(val_set) == 260
@@ -174,14 +174,14 @@ def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_d
     after the last epoch; last.pt is written after epoch 1 (with first.pt) and at the end, no best.pt; each
     log.csv row says where its epoch's time went."""
     writes: list[tuple[str, int]] = []
-    save = engine.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def spy(path, state):
         log = Path(path).parent / "log.csv"
         writes.append((Path(path).name, len(io.read_csv_rows(log)) if log.is_file() else 0))
         save(path, state)
 
-    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", spy)
     root, out = small_p1_root(tiny_data, tmp_path / "data"), tmp_path / "run"
     p1_pretrain.main(["--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "4",
                       "--epochs", "3", "--projection-size", "32", "--projection-hidden-size", "64"])

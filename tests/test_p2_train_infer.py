@@ -16,7 +16,7 @@ import mean_iou
 import p2_inference
 import p2_train_deeplab
 import p2_train_fcn32
-from hw1 import engine, io
+from hw1 import checkpoint, io
 from hw1.errors import run_main
 from hw1.seg_data import CLASS_COLOURS, CLASS_NAMES, SNAPSHOT_STEMS, SatMaskDataset, collate, find_pairs
 from hw1.seg_models import build_seg_model
@@ -66,7 +66,7 @@ def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tin
     after = float(log[-1]["miou"])
     assert after >= 3 * before and after >= before + 0.08, (before, after)  # measured: 0.033 → 0.165 (seed 1: 0.188)
     assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
-    meta = engine.load_checkpoint(run_dir / "best.pt")["meta"]
+    meta = checkpoint.load_checkpoint(run_dir / "best.pt")["meta"]
     assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none", "aux": False}
 
 
@@ -139,7 +139,7 @@ def test_bad_input_is_one_error_line(case, tiny_data, tmp_path, capsys):
         expected = f"error: {empty}: no xxxx_sat.jpg images in this folder — check the path"
     else:  # a Problem 1 classifier checkpoint handed to Problem 2 inference
         classifier = tmp_path / "p1.pt"
-        engine.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50", "num_classes": 65}})
+        checkpoint.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50", "num_classes": 65}})
         main, argv = p2_inference.main, [str(train), str(tmp_path / "masks"), "--checkpoint", str(classifier), "--device", "cpu"]
         expected = f"error: {classifier}: holds a classify model (resnet50), not a Problem 2 segmentation model"
     with pytest.raises(SystemExit) as exit_info:

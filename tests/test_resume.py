@@ -23,7 +23,7 @@ from PIL import Image
 import p1_finetune
 import p1_pretrain
 import p2_inference
-from hw1 import engine, io
+from hw1 import checkpoint, distributed, io, loading
 from hw1.errors import run_main
 from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
 
@@ -147,8 +147,8 @@ def test_kept_loader_workers_see_each_epoch_and_draw_what_the_main_process_would
     """The training loader's workers live across epochs (the same processes), yet every epoch brings its own
     order and per-sample seeds, and mid-epoch starts: with 2 workers the draws equal --workers 0, epoch by epoch."""
     def draws(workers: int) -> tuple[list[list[float]], list[set[int]]]:
-        loader = engine.make_loader(_Draws(), 4, train=True, workers=workers, seed=5, dist=engine.Dist(),
-                                    device=torch.device("cpu"))
+        loader = loading.make_loader(_Draws(), 4, train=True, workers=workers, seed=5, dist=distributed.Dist(),
+                                     device=torch.device("cpu"))
         values, pids = [], []
         for epoch, start in ((0, 0), (1, 0), (2, 1)):
             loader.sampler.set_epoch(epoch, start)
@@ -186,9 +186,9 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path
     assert table.read_bytes() == before
 
     ckpt = tmp_path / "last.pt"
-    engine.save_checkpoint(ckpt, {"model": {"w": torch.ones(3)}})
+    checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.ones(3)}})
     with pytest.raises(Exception):  # pickling fails after the tensors were written
-        engine.save_checkpoint(ckpt, {"model": {"w": torch.zeros(10_000)}, "hook": lambda: None})
+        checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.zeros(10_000)}, "hook": lambda: None})
     assert torch.load(ckpt, weights_only=False)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "pred.csv"]  # no temp file left
     umask = os.umask(0)

@@ -1,0 +1,55 @@
+"""AdamW and its linear warm-up + cosine schedule: built from the flags, and restored from a checkpoint under
+the current flags."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def build_optimizer(params: list[nn.Parameter], args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused on CUDA; weight decay skips biases and norm weights (1-D tensors)."""
+    decay = [p for p in params if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in params if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=tuple(args.betas),
+                             fused=device.type == "cuda")
+
+
+def warmup_cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up from ~0 to 1 over `warmup_steps`, then cosine to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def schedule_lengths(args: argparse.Namespace, steps_per_epoch: int, verbose: bool = True) -> tuple[int, int]:
+    """(warm-up, total) steps; a warm-up longer than a short run is cut to a tenth of it, with a note."""
+    total = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps
+    if warmup >= total:
+        warmup = max(1, total // 10)
+        if verbose:
+            print(f"note: warm-up of {args.warmup_steps} steps exceeds the run's {total} steps; using {warmup}")
+    return warmup, total
+
+
+
+
+def restore(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, ckpt: dict, lr: float) -> None:
+    """Load a checkpoint's optimiser and schedule state, keeping this run's betas and weight decay and `lr`."""
+    flags = [(g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["lr_scheduler"])
+    # The saved optimiser holds the old lr, betas and weight decay: the current flags apply from here on.
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, (betas, weight_decay), factor in zip(optimizer.param_groups, flags, scheduler.lr_lambdas):
+        group.update(betas=betas, weight_decay=weight_decay, initial_lr=lr, lr=lr * factor(scheduler.last_epoch))
