@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
-from hw1.report import P1_REFERENCE, Layout, ReportInfo, write_report  # noqa: E402
+from hw1.report import P1_SETTINGS, Layout, ReportInfo, write_report  # noqa: E402
 
 # Per preset: the sample data to write (None: use the course data), then extra flags per stage.
 # Everything not named here is the script's default, i.e. the reference recipe.
@@ -162,8 +162,8 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
         train("pre-train supervised", "p1_pretrain.py", layout.pretrain_supervised,
               ["--method", "supervised"] + preset["supervised"], ["backbone_last.pt"], [])
         supervised, supervised_stage = layout.pretrain_supervised / "backbone_last.pt", ["pre-train supervised"]
-    for setting in P1_REFERENCE:
-        backbone, needs = {"A": ([], []), "B": ([supervised], supervised_stage), "D": ([supervised], supervised_stage)}.get(
+    for setting in P1_SETTINGS:  # A–E and the control E0 (a random backbone, as A)
+        backbone, needs = {"A": ([], []), "E0": ([], []), "B": ([supervised], supervised_stage), "D": ([supervised], supervised_stage)}.get(
             setting, ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"]))
         train(f"fine-tune {setting}", "p1_finetune.py", layout.finetune(setting),
               ["--setting", setting, *[a for b in backbone for a in ("--backbone", str(b))],
