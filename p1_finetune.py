@@ -1,10 +1,11 @@
-"""Fine-tune a ResNet on Office-Home (65 classes) in one of the report's settings A–E.
+"""Fine-tune a ResNet on Office-Home (65 classes) in one of the report's settings A–E, or the control E0.
 
-  A  no pre-training, train the full model
-  B  supervised backbone (the course's given file), train the full model
-  C  our BYOL backbone, train the full model
-  D  supervised backbone, frozen (weights and BN statistics), train the classifier only
-  E  our BYOL backbone, frozen, train the classifier only
+  A   no pre-training, train the full model
+  B   supervised backbone (the course's given file), train the full model
+  C   our BYOL backbone, train the full model
+  D   supervised backbone, frozen (weights and BN statistics), train the classifier only
+  E   our BYOL backbone, frozen, train the classifier only
+  E0  control for E: the same linear probe on a frozen, randomly initialised backbone (what pre-training adds)
 
 Writes OUT/{first,last,best}.pt, OUT/log.csv (loss, train acc, val acc per epoch) and appends the
 final validation accuracy to --results.
@@ -26,6 +27,7 @@ from hw1.models import ARCHS, Classifier, load_backbone_into
 
 SETTINGS = {  # setting: (needs a backbone, backbone frozen)
     "A": (False, False), "B": (True, False), "C": (True, False), "D": (True, True), "E": (True, True),
+    "E0": (False, True),
 }
 OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
 
@@ -38,7 +40,7 @@ def default_backbone(setting: str, data_root: str) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
-    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E, or E0 (frozen random backbone)")
     parser.add_argument("--backbone", default=None,
                         help="backbone for B–E: a state_dict file, or p1_pretrain.py's last.pt / best.pt (its "
                              "online network is taken) (default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt, "
@@ -54,7 +56,7 @@ def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
     model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=frozen)
     if not needs_backbone:
         if args.backbone:
-            raise UserError("--backbone", "setting A trains from random initialisation", "drop --backbone or pick B–E")
+            raise UserError("--backbone", f"setting {args.setting} starts from random initialisation", "drop --backbone or pick B–E")
         return model, "none"
     path = args.backbone or default_backbone(args.setting, args.data_root)
     load_backbone_into(model.net, path, args.arch)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, viz
+from . import findings, io, viz
 from .data import load_rgb
 
 # The reference report (SPEC §5): setting → (pre-training, fine-tuning, validation accuracy).
@@ -26,6 +26,8 @@ P1_REFERENCE = {
     "D": ("supervised (given backbone)", "classifier only", 0.2734),
     "E": ("ours, BYOL, no labels", "classifier only", 0.3719),
 }
+# Every setting the report shows: the reference's five, and the control E0 (no reference number).
+P1_SETTINGS = {**P1_REFERENCE, "E0": ("none (random initialisation)", "classifier only", None)}
 P2_REFERENCE = {"fcn32s": ("A: VGG16-FCN32s", 0.7008), "deeplabv3": ("B: DeepLabV3-ResNet101, focal loss", 0.7597)}
 SEG_CLASSES = ("urban", "agriculture", "rangeland", "forest", "water", "barren")
 SNAPSHOT_STEMS = ("0013", "0062", "0104")
@@ -128,13 +130,19 @@ def p1_accuracies(layout: Layout) -> dict[str, dict]:
     for row in _rows(layout.p1_results):
         found[row["setting"]] = {"final": _float(row.get("val_acc")), "best": _float(row.get("best_val_acc")),
                                  "epochs": row.get("epochs", ""), "backbone": row.get("backbone", "")}
-    for setting in P1_REFERENCE:
+    for setting in P1_SETTINGS:
         log = _rows(layout.finetune(setting) / "log.csv")
         if setting not in found and log:
             accs = [_float(r.get("val_acc")) for r in log]
             found[setting] = {"final": accs[-1], "best": np.nanmax(accs) if not all(map(math.isnan, accs)) else math.nan,
                               "epochs": log[-1].get("epoch", ""), "backbone": ""}
     return found
+
+
+def byol_knn(layout: Layout) -> tuple[float, float] | None:
+    """The BYOL kNN monitor at its first and last evaluation (None without two evaluations)."""
+    accs = [v for v in (_float(r.get("knn_acc")) for r in _rows(layout.pretrain_byol / "log.csv")) if not math.isnan(v)]
+    return (accs[0], accs[-1]) if len(accs) >= 2 else None
 
 
 def parse_mean_iou(path: Path) -> tuple[list[float], float] | None:
@@ -240,6 +248,32 @@ def progress_figure(path: Path, snapshots: Path, val_dir: Path) -> bool:
 # ---------------------------------------------------------------- the report
 
 
+def collect_results(layout: Layout, info: ReportInfo) -> dict:
+    """results.json (SPEC §8): the numbers of the report's tables and its findings; stages that did not run are absent."""
+    results: dict = {"preset": info.preset}
+    if info.wall_seconds is not None:
+        results["wall_s"] = round(info.wall_seconds, 1)
+    p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in p1_accuracies(layout).items()
+          if s in P1_SETTINGS and not math.isnan(a["final"])}
+    if p1:
+        results["p1"] = {s: p1[s] for s in P1_SETTINGS if s in p1}
+    if (knn := byol_knn(layout)):
+        results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}
+    scores_file = layout.tsne / "tsne_scores.json"
+    if scores_file.is_file() and len(checkpoints := json.loads(scores_file.read_text())["checkpoints"]) >= 2:
+        results["tsne"] = {k: {"silhouette": c["silhouette_2d"], "knn_acc": c["knn_acc"]}
+                           for k, c in (("first", checkpoints[0]), ("last", checkpoints[-1]))}
+    p2 = {}
+    for model in P2_REFERENCE:
+        if (parsed := parse_mean_iou(layout.miou(model))):
+            ious, miou = parsed
+            p2[model] = {"miou": miou, "iou": {c: None if math.isnan(v) else v for c, v in zip(SEG_CLASSES, ious)}}
+    if p2:
+        results["p2"] = p2
+    results["findings"] = findings.check(results)
+    return results
+
+
 def _stage_records(layout: Layout) -> dict[str, dict]:
     return json.loads(layout.stages.read_text()) if layout.stages.is_file() else {}
 
@@ -268,21 +302,29 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
         facts.append(f"wall time of this invocation: {info.wall_seconds / 60:.1f} min, {len(info.ran_now)} of "
                      f"{len(stages)} stages run" + (f" ({skipped} were done before and skipped)" if skipped else ""))
     add("\n".join(f"- {f}" for f in facts) + "\n")
+    results = collect_results(layout, info)
+    md.extend(findings.markdown(results["findings"]))
 
     # ------------------------------------------------ Problem 1
     add("## Problem 1: BYOL pre-training and Office-Home fine-tuning\n")
-    add("### Validation accuracy, settings A–E\n")
+    add("### Validation accuracy, settings A–E and the control E0\n")
     accs = p1_accuracies(layout)
     add("| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) | epochs |")
     add("|---|---|---|---|---|---|---|")
-    for s, (pre, ft, ref) in P1_REFERENCE.items():
+    for s, (pre, ft, ref) in P1_SETTINGS.items():
         a = accs.get(s, {})
+        if ref is None and not a:  # the control has no reference number: without a run it has no row either
+            continue
         if "given" in pre and a.get("backbone") and not a["backbone"].endswith("pretrain_model_SL.pt"):
             pre = "supervised (ours, Mini-ImageNet labels: the given backbone was absent)"
-        add(f"| {s} | {pre} | {ft} | {ref:.4f} | {_fmt(a.get('final', math.nan))} | {_fmt(a.get('best', math.nan))} | {a.get('epochs', '—')} |")
+        reference = "none (control)" if ref is None else f"{ref:.4f}"
+        add(f"| {s} | {pre} | {ft} | {reference} | {_fmt(a.get('final', math.nan))} | {_fmt(a.get('best', math.nan))} | {a.get('epochs', '—')} |")
     backbones = {s: a["backbone"] for s, a in accs.items() if a.get("backbone") not in ("", "none", None)}
     if backbones:
         add("\nBackbones used: " + "; ".join(f"{s}: `{b}`" for s, b in sorted(backbones.items())) + ".")
+    if "E0" in accs:
+        add("\nE0 is a control, not in the reference report: the linear probe of D/E on a frozen, randomly "
+            "initialised backbone. E − E0 is what BYOL's features add over random ones.")
     add("")
     p1_figs = []
     for name, log, title in (("byol", layout.pretrain_byol / "log.csv", "BYOL pre-training (kNN acc: Office-Home train→val)"),
@@ -290,9 +332,9 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
         if (link := figs.curves(log, f"curves_pretrain_{name}.png", title)):
             p1_figs.append((title, link))
     if compare_runs(report_dir / "curves_finetune_val_acc.png",
-                    {s: layout.finetune(s) / "log.csv" for s in P1_REFERENCE}, "val_acc", "validation accuracy"):
-        p1_figs.append(("fine-tuning A–E, validation accuracy per epoch", "curves_finetune_val_acc.png"))
-    for s in P1_REFERENCE:
+                    {s: layout.finetune(s) / "log.csv" for s in P1_SETTINGS}, "val_acc", "validation accuracy"):
+        p1_figs.append(("fine-tuning A–E and E0, validation accuracy per epoch", "curves_finetune_val_acc.png"))
+    for s in P1_SETTINGS:
         if (link := figs.curves(layout.finetune(s) / "log.csv", f"curves_finetune_{s}.png", f"fine-tuning, setting {s}")):
             p1_figs.append((f"fine-tuning {s}", link))
     if p1_figs:
@@ -405,6 +447,7 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
         for name, s in stages.items():
             add(f"# {name}\n{s['command']}")
         add("```\n")
+    io.write_json(report_dir / "results.json", results)
     path = report_dir / "REPORT.md"
     io.write_text(path, "\n".join(md).rstrip() + "\n")
     return path

@@ -19,7 +19,7 @@ import torch
 
 import reproduce
 from hw1 import engine, io, viz
-from hw1.report import P1_REFERENCE, P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
+from hw1.report import P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
 from hw1.seg_data import write_mask
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def fabricate_runs(layout: Layout, data_root: Path) -> None:
     for epoch in (1, 2, 3):
         io.append_csv_row(layout.pretrain_byol / "log.csv", {"epoch": epoch, "step": 12 * epoch, "train_loss": 4.0 - epoch,
                                                             "lr": 1e-4, "seconds": 1.0, "knn_acc": 0.1 * epoch})
-    for i, setting in enumerate(P1_REFERENCE):
+    for i, setting in enumerate(P1_SETTINGS):
         for epoch in (1, 2):
             io.append_csv_row(layout.finetune(setting) / "log.csv", {"epoch": epoch, "step": epoch, "train_loss": 1.0,
                                                                     "lr": 1e-4, "seconds": 1.0, "val_acc": 0.1 * i + 0.01 * epoch})
@@ -74,23 +74,86 @@ def fabricate_runs(layout: Layout, data_root: Path) -> None:
     io.write_json(layout.stages, {"fine-tune A": {"command": "python p1_finetune.py --setting A", "seconds": 3.0, "cpu_seconds": 5.0, "status": "done"}})
 
 
+def fabricated_info(data_root: Path) -> ReportInfo:
+    return ReportInfo(preset="sample", command="python reproduce.py --preset sample", data_root=str(data_root),
+                      description="fabricated", sample_data=True, wall_seconds=60.0, ran_now=["fine-tune A"],
+                      model_names={"fcn32s": "model A: VGG16-FCN32s"})
+
+
 def test_report_from_fabricated_runs_has_numbers_and_resolving_png_links(tiny_data, tmp_path):
     layout = Layout(tmp_path / "runs")
     fabricate_runs(layout, tiny_data)
-    info = ReportInfo(preset="sample", command="python reproduce.py --preset sample", data_root=str(tiny_data),
-                      description="fabricated", sample_data=True, wall_seconds=60.0, ran_now=["fine-tune A"],
-                      model_names={"fcn32s": "model A: VGG16-FCN32s"})
-    report = write_report(layout, tmp_path / "report", info)
+    report = write_report(layout, tmp_path / "report", fabricated_info(tiny_data))
     text = check_report(report)
     assert "Sample-data numbers, not the course's" in text
     assert "| A | none | full model | 0.4877 | 0.0200 | 0.0200 | 2 |" in text
     assert "| E | ours, BYOL, no labels | classifier only | 0.3719 | 0.4200 | 0.4200 | 2 |" in text  # from its log
+    assert "| E0 | none (random initialisation) | classifier only | none (control) | 0.5200 | 0.5200 | 2 |" in text
     assert "| A: VGG16-FCN32s | 0.7008 | 0.3500 | 0.1000 | 0.2000 | 0.3000 | 0.4000 | 0.5000 | 0.6000 |" in text
     assert "silhouette changes by +0.3000" in text
     assert {"progress_fcn32s.png", "progress_deeplabv3.png", "sam_0013_sam.png", "tsne_side_by_side.png",
             "curves_pretrain_byol.png", "curves_finetune_val_acc.png", "curves_p2_deeplabv3.png"} <= set(image_links(text))
     assert "python p1_finetune.py --setting A" in text and "(model_fcn32s.txt)" in text
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
+
+
+def test_findings_compare_the_runs_numbers_and_say_what_is_not_shown(tiny_data, tmp_path):
+    """Fabricated: BYOL kNN 0.1 → 0.3 and silhouette -0.2 → 0.1 are shown; E 0.42 < E0 0.52 and equal mIoUs are not."""
+    layout = Layout(tmp_path / "runs")
+    fabricate_runs(layout, tiny_data)
+    text = write_report(layout, tmp_path / "report", fabricated_info(tiny_data)).read_text()
+    section = text.split("## Findings\n", 1)[1].split("\n## ", 1)[0]
+    assert text.index("## Findings") < text.index("## Problem 1")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["BYOL improves its kNN monitor over its first epoch"].startswith(
+        "| BYOL improves its kNN monitor over its first epoch | **shown** | 0.3000 | 0.1000 | +0.2000 |")
+    assert "| **not shown** | 0.4200 | 0.5200 | -0.1000 |" in rows["E beats E0"]
+    assert "| **shown** | 0.2200 | 0.0200 | +0.2000 |" in rows["C beats A"]
+    assert "| **shown** | 0.1200 | 0.0200 | +0.1000 |" in rows["B beats A"]
+    assert "| **not shown** | 0.3500 | 0.3500 | +0.0000 |" in rows["model B beats model A in mIoU"]
+    assert "| **shown** | 0.1000 | -0.2000 | +0.3000 |" in rows["t-SNE of the last epoch is more clustered than the first"]
+    assert len(rows) == 7  # the header and six claims
+
+
+def test_results_json_holds_the_tables_numbers_and_leaves_out_stages_that_did_not_run(tiny_data, tmp_path):
+    layout = Layout(tmp_path / "runs")
+    fabricate_runs(layout, tiny_data)
+    report = write_report(layout, tmp_path / "report", fabricated_info(tiny_data))
+    results = json.loads((report.parent / "results.json").read_text())
+    assert set(results) == {"preset", "wall_s", "p1", "byol", "tsne", "p2", "findings"} and results["wall_s"] == 60.0
+    assert list(results["p1"]) == ["A", "B", "C", "D", "E", "E0"]
+    assert results["p1"]["A"] == {"val_acc": 0.02, "best_val_acc": 0.02}
+    assert results["p1"]["E"]["val_acc"] == pytest.approx(0.42)
+    assert results["byol"] == {"knn_first": 0.1, "knn_last": pytest.approx(0.3)}
+    assert results["tsne"] == {"first": {"silhouette": -0.2, "knn_acc": 0.3}, "last": {"silhouette": 0.1, "knn_acc": 0.5}}
+    assert results["p2"]["fcn32s"]["miou"] == 0.35
+    assert results["p2"]["deeplabv3"]["iou"] == {c: pytest.approx(0.1 * (i + 1)) for i, c in enumerate(SEG_CLASSES)}
+    table = report.read_text()
+    for setting, accs in results["p1"].items():  # the same numbers as the A–E table
+        assert f"| {setting} | " in table and f" | {accs['val_acc']:.4f} | {accs['best_val_acc']:.4f} | 2 |" in table
+    assert [(f["claim"], f["shown"]) for f in results["findings"]] == [
+        ("BYOL improves its kNN monitor over its first epoch", True), ("E beats E0", False), ("C beats A", True),
+        ("B beats A", True), ("model B beats model A in mIoU", False),
+        ("t-SNE of the last epoch is more clustered than the first", True)]
+    assert results["findings"][1]["ours"] == pytest.approx(0.42) and results["findings"][1]["versus"] == pytest.approx(0.52)
+
+    partial = Layout(tmp_path / "partial")  # only BYOL and fine-tuning A ran
+    io.append_csv_row(partial.pretrain_byol / "log.csv", {"epoch": 1, "step": 1, "train_loss": 1.0, "knn_acc": 0.2})
+    io.append_csv_row(partial.pretrain_byol / "log.csv", {"epoch": 2, "step": 2, "train_loss": 0.9, "knn_acc": 0.15})
+    io.append_csv_row(partial.p1_results, {"setting": "A", "arch": "resnet18", "backbone": "none", "val_acc": 0.3,
+                                           "best_val_acc": 0.3, "epochs": 2})
+    info = fabricated_info(tiny_data)
+    info.wall_seconds = None
+    report = write_report(partial, tmp_path / "partial_report", info)
+    results = json.loads((report.parent / "results.json").read_text())
+    assert results == {"preset": "sample", "p1": {"A": {"val_acc": 0.3, "best_val_acc": 0.3}},
+                       "byol": {"knn_first": 0.2, "knn_last": 0.15},
+                       "findings": [{"claim": "BYOL improves its kNN monitor over its first epoch", "shown": False,
+                                     "ours": 0.15, "versus": 0.2}]}
+    text = report.read_text()
+    assert "| BYOL improves its kNN monitor over its first epoch | **not shown** | 0.1500 | 0.2000 | -0.0500 |" in text
+    assert "E beats E0" not in text and "| E0 |" not in text and "mIoU |" not in text.split("## Problem 1")[0]
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]
 
 
 def _namespace(preset: str, data_root: Path, **kw) -> argparse.Namespace:
@@ -110,7 +173,7 @@ def test_plan_uses_the_given_backbone_only_when_it_fits(tmp_path):
     sample = reproduce.plan(_namespace("sample", tmp_path / "data"), layout)  # resnet18: the resnet50 file does not fit
     names = [s.name for s in sample]
     assert names[:3] == ["sample data", "pre-train BYOL", "pre-train supervised"]
-    assert [n for n in names if n.startswith("fine-tune")] == [f"fine-tune {s}" for s in "ABCDE"]
+    assert [n for n in names if n.startswith("fine-tune")] == [f"fine-tune {s}" for s in ("A", "B", "C", "D", "E", "E0")]
     assert {"t-SNE", "train FCN32s", "train DeepLabV3", "hw1_2.sh deeplabv3", "mean_iou fcn32s"} <= set(names)
     infer = next(s for s in sample if s.name == "hw1_2.sh deeplabv3")
     assert infer.env["P2_CHECKPOINT"].endswith("p2_deeplabv3/best.pt") and infer.command().startswith("P2_CHECKPOINT=")

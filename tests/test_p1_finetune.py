@@ -1,4 +1,4 @@
-"""p1_finetune.py: settings A–E run and write their outputs; D/E leave the backbone untouched; A learns."""
+"""p1_finetune.py: settings A–E and E0 run and write their outputs; D/E/E0 leave the backbone untouched; A learns."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from conftest import P1_LEARN_EPOCHS, P1_SMALL
 from hw1.models import load_backbone_file
 from robust_helpers import small_p1_root
 
-SETTINGS = ("A", "B", "C", "D", "E")
+SETTINGS = ("A", "B", "C", "D", "E", "E0")
 LEARNED = 0.10  # val accuracy after the fixture's 6 epochs: 6.5x chance (seeds 0-2 reach 0.18-0.29)
 
 
@@ -27,8 +27,10 @@ def run_finetune(root: Path, out: Path, setting: str, backbone: Path | None, *ex
 def test_setting_runs_and_a_frozen_backbone_stays_bit_identical(setting: str, tiny_data: Path, p1_backbone: Path,
                                                                 p1_supervised_backbone: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """B/D take the supervised backbone, C/E the BYOL one; D/E: every non-fc entry (weights and BN buffers) unchanged."""
-    backbone = {"A": None, "B": p1_supervised_backbone, "C": p1_backbone, "D": p1_supervised_backbone, "E": p1_backbone}[setting]
+    """B/D take the supervised backbone, C/E the BYOL one, A/E0 none; D/E/E0: every non-fc entry (weights and BN
+    buffers) unchanged, so E0 is E's probe on the random initialisation."""
+    backbone = {"A": None, "B": p1_supervised_backbone, "C": p1_backbone, "D": p1_supervised_backbone, "E": p1_backbone,
+                "E0": None}[setting]
     handed_to_training: dict[str, torch.Tensor] = {}
     real_fit = p1_finetune.engine.fit
 
@@ -58,7 +60,7 @@ def test_setting_runs_and_a_frozen_backbone_stays_bit_identical(setting: str, ti
     if backbone is not None:  # the backbone file was loaded, BN statistics included
         state = torch.load(backbone, weights_only=False)
         assert all(torch.equal(state[k], handed_to_training[f"net.{k}"]) for k in state)
-    if setting in ("D", "E"):
+    if setting in ("D", "E", "E0"):
         assert changed == []
     else:  # full fine-tuning moves weights and BN statistics: the same check would catch a leak
         assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("conv1.weight") for k in changed)
