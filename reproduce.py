@@ -46,8 +46,7 @@ PRESETS: dict[str, dict] = {
         "description": "The reference recipe (SPEC §5) on the course data: ResNet50 BYOL pre-training for 1000 "
                        "epochs (batch 256, 128 px, AdamW 1e-4, wd 0.05, 4000 warm-up iterations + cosine), "
                        "fine-tuning A–E and the control E0 (batch 128, 100 warm-up iterations + cosine, 500 epochs), "
-                       "VGG16-FCN32s and "
-                       "DeepLabV3-ResNet101 with focal loss at 512 px from torchvision's pretrained weights.",
+                       "VGG16-FCN32s and DeepLabV3-ResNet101 with focal loss at 512 px from torchvision's pretrained weights.",
         "sample_data": None, "workers": None,
         "byol": [], "supervised": ["--epochs", "100"], "finetune": [], "tsne": [],
         "fcn32s": [], "deeplabv3": [],
