@@ -48,7 +48,7 @@ def check(results: dict) -> list[dict]:
         ours, versus = _get(results, claim.ours), _get(results, claim.versus)
         if ours is not None and versus is not None:
             shown = ours > versus and ours - versus >= claim.margin - 1e-9  # 1e-9: decimal margins, binary floats
-            found.append({"claim": claim.text, "shown": shown, "ours": ours, "versus": versus, "margin": claim.margin})
+            found.append({"claim": claim.text, "shown": shown, "ours": ours, "versus": versus})  # SPEC §8's shape
     return found
 
 
@@ -56,7 +56,7 @@ def markdown(findings: list[dict]) -> list[str]:
     """The report's Findings section (empty when no claim could be checked)."""
     if not findings:
         return []
-    measures = {c.text: c.measure for c in CLAIMS}
+    claims = {c.text: c for c in CLAIMS}
     lines = ["## Findings\n",
              "The homework's claims, each checked on this run's own numbers (the tables below; `results.json` "
              "beside this report). A claim is shown when *ours* is above *versus* by at least its margin (a smaller "
@@ -65,7 +65,8 @@ def markdown(findings: list[dict]) -> list[str]:
              "| claim | this run | ours | versus | difference | margin | numbers compared |", "|---|---|---|---|---|---|---|"]
     for f in findings:
         verdict = "**shown**" if f["shown"] else "**not shown**"
-        margin = f"≥ {f['margin']:+.2f}" if f["margin"] else "> 0"
+        claim = claims[f["claim"]]
+        margin = f"≥ {claim.margin:+.2f}" if claim.margin else "> 0"
         lines.append(f"| {f['claim']} | {verdict} | {f['ours']:.4f} | {f['versus']:.4f} | {f['ours'] - f['versus']:+.4f} | "
-                     f"{margin} | {measures[f['claim']]} |")
+                     f"{margin} | {claim.measure} |")
     return lines + [""]
