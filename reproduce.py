@@ -15,110 +15,24 @@ last.pt); --force runs everything again from scratch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import platform
-import runpy
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
+from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
 from hw1.report import P1_SETTINGS, Layout, ReportInfo, write_report  # noqa: E402
-
-# Per preset: the sample data to write (None: use the course data), then extra flags per stage.
-# Everything not named here is the script's default, i.e. the reference recipe.
-PRESETS: dict[str, dict] = {
-    "full": {
-        "description": "The reference recipe (SPEC §5) on the course data: ResNet50 BYOL pre-training for 1000 "
-                       "epochs (batch 256, 128 px, AdamW 1e-4, wd 0.05, 4000 warm-up iterations + cosine), "
-                       "fine-tuning A–E and the control E0 (batch 128, 100 warm-up iterations + cosine, 500 epochs), "
-                       "VGG16-FCN32s and DeepLabV3-ResNet101 with focal loss at 512 px from torchvision's pretrained weights.",
-        "sample_data": None, "workers": None,
-        "byol": [], "supervised": ["--epochs", "100"], "finetune": [], "tsne": [],
-        "fcn32s": [], "deeplabv3": [],
-    },
-    "sample": {
-        "description": "The sample preset, scaled down to a few minutes on two CPU cores: ResNet18 at 32 px instead of "
-                       "ResNet50 at 128 px (about 35 times less compute an image) on synthetic data in the course layout "
-                       "(768 Mini-ImageNet-layout images, 64 classes of shape x colour over a texture; 520 Office-Home-"
-                       "layout train and 130 validation images), and tens of steps where the recipe takes hundreds of "
-                       "thousands: BYOL 6 epochs (72 steps, batched views, kNN monitor every epoch), supervised "
-                       "pre-training 4 epochs, fine-tuning A–E and the control E0 (E's linear probe on a random frozen "
-                       "backbone) for 6 epochs each. Short runs take 10 warm-up steps and a 10-20x higher learning rate "
-                       "(BYOL 1e-3, the others 2e-3) than the recipe's 1e-4 with thousands of warm-up steps. "
-                       "Absolute numbers are far below the reference; the Findings say which of the homework's "
-                       "comparisons this small run shows.",
-        "sample_data": "sample", "workers": "1",
-        # BYOL's views as batched tensor ops (--gpu-aug) cost a fifth of the per-image PIL path on the CPU too.
-        "byol": ["--arch", "resnet18", "--image-size", "32", "--epochs", "6", "--batch-size", "64", "--lr", "1e-3",
-                 "--warmup-steps", "10", "--projection-hidden-size", "1024", "--gpu-aug", "--eval-every", "1"],
-        "supervised": ["--arch", "resnet18", "--image-size", "32", "--epochs", "4", "--batch-size", "64", "--lr", "2e-3",
-                       "--warmup-steps", "10"],
-        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "6", "--batch-size", "64", "--lr", "2e-3",
-                     "--warmup-steps", "10"],
-        "tsne": ["--perplexity", "20"],
-        # FCN32s at 32 px: on a CPU, oneDNN's backward of the 7x7 fc6 on a 2x2 map (64 px input) takes ~20 s
-        # a step, on a 1x1 map ~5 s; its 1x1 score map makes it a whole-image classifier here.
-        "fcn32s": ["--weights", "none", "--image-size", "32", "--epochs", "3", "--batch-size", "8"],
-        "deeplabv3": ["--weights", "none", "--arch", "deeplabv3_mobilenet_v3_large", "--image-size", "128",
-                      "--epochs", "3", "--batch-size", "8", "--aux-weight", "0", "--lr", "1e-3"],
-    },
-    "tiny": {
-        "description": "The tiny preset (tests): every stage for one or two optimiser steps on tiny synthetic data.",
-        "sample_data": "tiny", "workers": "0",
-        "byol": ["--arch", "resnet18", "--image-size", "32", "--epochs", "1", "--batch-size", "32",
-                 "--max-steps", "1", "--projection-hidden-size", "64", "--projection-size", "32"],
-        "supervised": ["--arch", "resnet18", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--max-steps", "1"],
-        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "128"],
-        "tsne": ["--perplexity", "5"],
-        "fcn32s": ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--max-steps", "1"],
-        "deeplabv3": ["--weights", "none", "--arch", "deeplabv3_mobilenet_v3_large", "--image-size", "32",
-                      "--epochs", "2", "--batch-size", "8", "--max-steps", "2", "--aux-weight", "0"],
-    },
-}
-GIVEN_BACKBONE = Path("p1_data") / "pretrain_model_SL.pt"  # the course's supervised ResNet50 backbone
-MODEL_TREES = {"classifier": "ResNet50 classifier (settings A–E)", "fcn32s": "model A: VGG16-FCN32s",
-               "deeplabv3": "model B: DeepLabV3-ResNet101"}
-PY = sys.executable
-
-
-@dataclass
-class Stage:
-    """One step: a command, the files that show it is done, and (for training) its run folder."""
-
-    name: str
-    argv: list[str]
-    outputs: list[Path]
-    run_dir: Path | None = None          # training: resumed with --resume after a stop, else started afresh
-    env: dict[str, str] = field(default_factory=dict)
-    stdout_file: Path | None = None      # keep the command's stdout as a file (mean_iou.py's table)
-    needs: list[str] = field(default_factory=list)  # earlier stages whose outputs it reads: it re-runs after them
-
-    def command(self) -> str:
-        """The command as a person would type it (python, paths relative to the repo when they can be)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        words = ["python" if w == PY else _short(w) for w in self.argv]
-        text = shlex.join(words) + (f" > {shlex.quote(str(self.stdout_file))}" if self.stdout_file else "")
-        return f"{env} {text}" if env else text
-
-
-def _short(word: str) -> str:
-    p = Path(word)
-    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else word
+from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -147,140 +61,91 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
     common = ["--data-root", str(data), "--device", args.device, "--seed", str(args.seed)]
     if preset["workers"] is not None:
         common += ["--workers", preset["workers"]]
-    script = lambda name: [PY, str(ROOT / name)]  # noqa: E731
-    stages: list[Stage] = []
-    data_stage: list[str] = []
+    first: list[Stage] = []
     if preset["sample_data"]:
-        stages.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data), "--preset", preset["sample_data"],
-                                            "--seed", str(args.seed)],
-                            [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"]))
-        data_stage = ["sample data"]
+        first.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data), "--preset", preset["sample_data"],
+                                           "--seed", str(args.seed)],
+                           [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"]))
+    after = [s.name for s in first]  # every later stage reads the data the first one writes
+    return [*first, *p1_stages(preset, data, layout, common, after), *p2_stages(preset, data, layout, common, after),
+            *model_tree_stages(layout, common, after), *sam_stages(args, data, layout, after)]
 
-    def train(name: str, script_name: str, run_dir: Path, extra: list[str], outputs: list[str], needs: list[str]) -> None:
-        stages.append(Stage(name, script(script_name) + common + extra + ["--out", str(run_dir)],
-                            [run_dir / o for o in outputs], run_dir=run_dir, needs=data_stage + needs))
 
-    train("pre-train BYOL", "p1_pretrain.py", layout.pretrain_byol, ["--method", "byol"] + preset["byol"],
-          ["backbone_last.pt"], [])
+def _script(name: str) -> list[str]:
+    return [PY, str(ROOT / name)]
+
+
+def _train(name: str, script_name: str, run_dir: Path, argv: list[str], outputs: list[str], needs: list[str]) -> Stage:
+    """A training stage: its run folder is resumed after a stop."""
+    return Stage(name, _script(script_name) + argv + ["--out", str(run_dir)], [run_dir / o for o in outputs],
+                 run_dir=run_dir, needs=needs)
+
+
+def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after: list[str]) -> list[Stage]:
+    """Pre-training (BYOL; supervised unless the given backbone fits), fine-tuning A–E and E0, t-SNE of C."""
+    stages = [_train("pre-train BYOL", "p1_pretrain.py", layout.pretrain_byol,
+                     common + ["--method", "byol"] + preset["byol"], ["backbone_last.pt"], after)]
     given = data / GIVEN_BACKBONE
     if given.is_file() and _flag(preset["finetune"], "--arch", "resnet50") == "resnet50":
         supervised, supervised_stage = given, []
     else:  # B/D need a supervised backbone: make one from the Mini-ImageNet labels in the file names
-        train("pre-train supervised", "p1_pretrain.py", layout.pretrain_supervised,
-              ["--method", "supervised"] + preset["supervised"], ["backbone_last.pt"], [])
+        stages.append(_train("pre-train supervised", "p1_pretrain.py", layout.pretrain_supervised,
+                             common + ["--method", "supervised"] + preset["supervised"], ["backbone_last.pt"], after))
         supervised, supervised_stage = layout.pretrain_supervised / "backbone_last.pt", ["pre-train supervised"]
     for setting in P1_SETTINGS:  # A–E and the control E0 (a random backbone, as A)
         backbone, needs = {"A": ([], []), "E0": ([], []), "B": ([supervised], supervised_stage), "D": ([supervised], supervised_stage)}.get(
             setting, ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"]))
-        train(f"fine-tune {setting}", "p1_finetune.py", layout.finetune(setting),
-              ["--setting", setting, *[a for b in backbone for a in ("--backbone", str(b))],
-               "--results", str(layout.p1_results)] + preset["finetune"], ["first.pt", "last.pt"], needs)
+        stages.append(_train(f"fine-tune {setting}", "p1_finetune.py", layout.finetune(setting),
+                             common + ["--setting", setting, *[a for b in backbone for a in ("--backbone", str(b))],
+                                       "--results", str(layout.p1_results)] + preset["finetune"],
+                             ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
-    stages.append(Stage("t-SNE", script("p1_tsne.py") + common + [
+    stages.append(Stage("t-SNE", _script("p1_tsne.py") + common + [
         "--checkpoints", str(c / "first.pt"), str(c / "last.pt"), "--out", str(layout.tsne), *preset["tsne"]],
-        [layout.tsne / "tsne_scores.json"], needs=data_stage + ["fine-tune C"]))
+        [layout.tsne / "tsne_scores.json"], needs=after + ["fine-tune C"]))
+    return stages
 
+
+def p2_stages(preset: dict, data: Path, layout: Layout, common: list[str], after: list[str]) -> list[Stage]:
+    """Training FCN32s and DeepLabV3, then each one's validation masks (hw1_2.sh) and their mIoU (mean_iou.py)."""
     seg_extra = ["--results", str(layout.p2_results)]
-    train("train FCN32s", "p2_train_fcn32.py", layout.seg("fcn32s"), preset["fcn32s"] + seg_extra, ["best.pt", "last.pt"], [])
-    train("train DeepLabV3", "p2_train_deeplab.py", layout.seg("deeplabv3"), preset["deeplabv3"] + seg_extra,
-          ["best.pt", "last.pt"], [])
+    stages = [_train("train FCN32s", "p2_train_fcn32.py", layout.seg("fcn32s"), common + preset["fcn32s"] + seg_extra,
+                     ["best.pt", "last.pt"], after),
+              _train("train DeepLabV3", "p2_train_deeplab.py", layout.seg("deeplabv3"), common + preset["deeplabv3"] + seg_extra,
+                     ["best.pt", "last.pt"], after)]
     val = data / "p2_data" / "validation"
     for model, trained_by in (("fcn32s", "train FCN32s"), ("deeplabv3", "train DeepLabV3")):
         stages.append(Stage(f"hw1_2.sh {model}", ["bash", str(ROOT / "hw1_2.sh"), str(val), str(layout.pred(model))],
                             [layout.pred(model)], env={"P2_CHECKPOINT": str(layout.seg(model) / "best.pt")},
-                            needs=data_stage + [trained_by]))
-        stages.append(Stage(f"mean_iou {model}", script("mean_iou.py") + ["--pred", str(layout.pred(model)), "--labels", str(val)],
+                            needs=after + [trained_by]))
+        stages.append(Stage(f"mean_iou {model}", _script("mean_iou.py") + ["--pred", str(layout.pred(model)), "--labels", str(val)],
                             [layout.miou(model)], stdout_file=layout.miou(model), needs=[f"hw1_2.sh {model}"]))
+    return stages
 
-    # The report's architecture drawings are of the reference models, whatever this preset trains.
+
+def model_tree_stages(layout: Layout, common: list[str], after: list[str]) -> list[Stage]:
+    """`--print-model` of the reference models: the report's architecture drawings, whatever this preset trains."""
     trees = {"classifier": ("p1_finetune.py", ["--setting", "A", "--arch", "resnet50", "--results", os.devnull]),
              "fcn32s": ("p2_train_fcn32.py", ["--weights", "none"]),
              "deeplabv3": ("p2_train_deeplab.py", ["--weights", "none", "--arch", "deeplabv3_resnet101"])}
-    for name, (script_name, extra) in trees.items():
-        run_dir = layout.model_tree(name).parent
-        stages.append(Stage(f"print model {name}", script(script_name) + common + extra + ["--print-model", "--out", str(run_dir)],
-                            [layout.model_tree(name)], needs=data_stage))
-    if args.sam_checkpoint:
-        stages.append(Stage("Segment Anything", script("p2_sam.py") + [
-            "--checkpoint", args.sam_checkpoint, *(["--model-type", args.sam_model_type] if args.sam_model_type else []),
-            "--data-root", str(data), "--device", args.device, "--out", str(layout.sam)], [layout.sam / "sam_masks.json"],
-            needs=data_stage))
-    return stages
+    return [Stage(f"print model {name}", _script(script_name) + common + extra + ["--print-model", "--out",
+                                                                                str(layout.model_tree(name).parent)],
+                  [layout.model_tree(name)], needs=after)
+            for name, (script_name, extra) in trees.items()]
+
+
+def sam_stages(args: argparse.Namespace, data: Path, layout: Layout, after: list[str]) -> list[Stage]:
+    """Segment Anything on the validation images, when --sam-checkpoint gives its weights."""
+    if not args.sam_checkpoint:
+        return []
+    return [Stage("Segment Anything", _script("p2_sam.py") + [
+        "--checkpoint", args.sam_checkpoint, *(["--model-type", args.sam_model_type] if args.sam_model_type else []),
+        "--data-root", str(data), "--device", args.device, "--out", str(layout.sam)], [layout.sam / "sam_masks.json"],
+        needs=after)]
 
 
 def _flag(argv: list[str], name: str, default: str) -> str:
     return argv[argv.index(name) + 1] if name in argv else default
-
-
-# ---------------------------------------------------------------- running
-
-
-def run_stage(stage: Stage, log: Path, in_process: bool) -> int:
-    """Run one stage with its output in `log` (stdout in `stage.stdout_file` when set); returns the exit code."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as log_f:
-        log_f.write(f"$ {stage.command()}\n")
-        log_f.flush()
-        if stage.stdout_file is None:
-            return _run(stage, log_f, log_f, in_process)
-        tmp = stage.stdout_file.with_name(f".{stage.stdout_file.name}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as out_f:
-            rc = _run(stage, out_f, log_f, in_process)
-        if rc == 0:  # renamed only on success: never a half-made output
-            os.replace(tmp, stage.stdout_file)
-        else:
-            tmp.unlink(missing_ok=True)
-        return rc
-
-
-def _run(stage: Stage, stdout_f: TextIO, stderr_f: TextIO, in_process: bool) -> int:
-    if in_process and stage.argv[0] == PY:
-        return _run_in_process(stage, stdout_f, stderr_f)
-    proc = subprocess.Popen(stage.argv, stdout=stdout_f, stderr=stderr_f, env={**os.environ, **stage.env})
-    # SIGTERM (a job scheduler, `kill`) goes on to the stage, which saves a checkpoint and exits; its
-    # non-zero exit then stops this run, and the next one resumes it.
-    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-    try:
-        return proc.wait()
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _run_in_process(stage: Stage, stdout_f: TextIO, stderr_f: TextIO) -> int:
-    """`python script.py ARGS` / `python -m module ARGS` inside this interpreter (torch is imported once)."""
-    args = stage.argv[1:]
-    old_argv, old_env = sys.argv, dict(os.environ)
-    os.environ.update(stage.env)
-    try:
-        with contextlib.redirect_stdout(stdout_f), contextlib.redirect_stderr(stderr_f):
-            if args[0] == "-m":
-                sys.argv = [args[1], *args[2:]]
-                runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-            else:
-                sys.argv = args
-                runpy.run_path(args[0], run_name="__main__")
-        return 0
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except Exception:  # a crash in a stage is that stage's failure, with its traceback in the log
-        traceback.print_exc(file=stderr_f)
-        return 1
-    finally:
-        sys.argv = old_argv
-        os.environ.clear()
-        os.environ.update(old_env)
-
-
-def _cpu_seconds() -> float:
-    """CPU time (user + system) of this process and its finished children: unlike wall time, not inflated
-    by other programs sharing the machine."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").replace("\r", "\n").splitlines()[-n:]) if path.is_file() else ""
 
 
 def machine() -> str:
@@ -328,9 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{head}: {stage.command()}", flush=True)
         records[stage.name] = {"command": command, "status": "running", "log": str(log)}
         io.write_json(layout.stages, records)
-        t0, cpu0 = time.time(), _cpu_seconds()
+        t0, cpu0 = time.time(), cpu_seconds()
         rc = run_stage(stage, log, args.in_process)
-        seconds, cpu = round(time.time() - t0, 1), round(_cpu_seconds() - cpu0, 1)
+        seconds, cpu = round(time.time() - t0, 1), round(cpu_seconds() - cpu0, 1)
         ok = rc == 0 and all(p.exists() for p in stage.outputs)
         records[stage.name].update(seconds=seconds, cpu_seconds=cpu, status="done" if ok else f"failed (exit {rc})",
                                    finished=datetime.datetime.now().isoformat(timespec="seconds"))
@@ -339,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{head}: {'done' if ok else 'FAILED'} in {seconds:.0f}s (log: {log})", flush=True)
         if not ok:
             missing = [str(p) for p in stage.outputs if not p.exists()]
-            print(f"--- last lines of {log}:\n{_tail(log)}\n---", file=sys.stderr)
+            print(f"--- last lines of {log}:\n{log_tail(log)}\n---", file=sys.stderr)
             raise UserError(log, f"stage '{stage.name}' failed (exit {rc}; missing: {', '.join(missing) or 'nothing'})",
                             "fix the cause shown above, then run the same command again to continue")
     how = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--report-only", "--in-process", "--force")]

@@ -1,0 +1,116 @@
+"""One stage of reproduce.py: its command, and running it with its output in a log file.
+
+A stage runs as a subprocess (SIGTERM passed on, so training saves a checkpoint), or for the tests
+inside this interpreter; its stdout can be kept as a file, renamed into place only on success.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import runpy
+import shlex
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: the scripts stages run live here
+PY = sys.executable
+
+
+@dataclass
+class Stage:
+    """One step: a command, the files that show it is done, and (for training) its run folder."""
+
+    name: str
+    argv: list[str]
+    outputs: list[Path]
+    run_dir: Path | None = None          # training: resumed with --resume after a stop, else started afresh
+    env: dict[str, str] = field(default_factory=dict)
+    stdout_file: Path | None = None      # keep the command's stdout as a file (mean_iou.py's table)
+    needs: list[str] = field(default_factory=list)  # earlier stages whose outputs it reads: it re-runs after them
+
+    def command(self) -> str:
+        """The command as a person would type it (python, paths relative to the repo when they can be)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        words = ["python" if w == PY else _short(w) for w in self.argv]
+        text = shlex.join(words) + (f" > {shlex.quote(str(self.stdout_file))}" if self.stdout_file else "")
+        return f"{env} {text}" if env else text
+
+
+def _short(word: str) -> str:
+    p = Path(word)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else word
+
+
+def run_stage(stage: Stage, log: Path, in_process: bool) -> int:
+    """Run one stage with its output in `log` (stdout in `stage.stdout_file` when set); returns the exit code."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as log_f:
+        log_f.write(f"$ {stage.command()}\n")
+        log_f.flush()
+        if stage.stdout_file is None:
+            return _run(stage, log_f, log_f, in_process)
+        tmp = stage.stdout_file.with_name(f".{stage.stdout_file.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as out_f:
+            rc = _run(stage, out_f, log_f, in_process)
+        if rc == 0:  # renamed only on success: never a half-made output
+            os.replace(tmp, stage.stdout_file)
+        else:
+            tmp.unlink(missing_ok=True)
+        return rc
+
+
+def _run(stage: Stage, stdout_f: TextIO, stderr_f: TextIO, in_process: bool) -> int:
+    if in_process and stage.argv[0] == PY:
+        return _run_in_process(stage, stdout_f, stderr_f)
+    proc = subprocess.Popen(stage.argv, stdout=stdout_f, stderr=stderr_f, env={**os.environ, **stage.env})
+    # SIGTERM (a job scheduler, `kill`) goes on to the stage, which saves a checkpoint and exits; its
+    # non-zero exit then stops this run, and the next one resumes it.
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_in_process(stage: Stage, stdout_f: TextIO, stderr_f: TextIO) -> int:
+    """`python script.py ARGS` / `python -m module ARGS` inside this interpreter (torch is imported once)."""
+    args = stage.argv[1:]
+    old_argv, old_env = sys.argv, dict(os.environ)
+    os.environ.update(stage.env)
+    try:
+        with contextlib.redirect_stdout(stdout_f), contextlib.redirect_stderr(stderr_f):
+            if args[0] == "-m":
+                sys.argv = [args[1], *args[2:]]
+                runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = args
+                runpy.run_path(args[0], run_name="__main__")
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except Exception:  # a crash in a stage is that stage's failure, with its traceback in the log
+        traceback.print_exc(file=stderr_f)
+        return 1
+    finally:
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(old_env)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: unlike wall time, not inflated
+    by other programs sharing the machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def log_tail(path: Path, n: int = 15) -> str:
+    """The last `n` lines of a stage's log (progress bars' carriage returns as line breaks)."""
+    return "\n".join(path.read_text(errors="replace").replace("\r", "\n").splitlines()[-n:]) if path.is_file() else ""
+
