@@ -58,7 +58,7 @@ PRESETS: dict[str, dict] = {
                        "than the reference recipe, except BYOL. Problem 2 trains both models from random weights at "
                        "128 px on 24 synthetic 512 px satellite images (8 validation) whose classes differ by texture (blocks, field stripes, speckle, canopy, "
                        "ripples, grain) as well as colour: FCN32s with fc6/fc7 narrowed from 4096 to 512 channels, "
-                       "batch 2, 96 steps at the reference's 1e-4 (VGG16 without batch norm, from scratch, diverges at "
+                       "batch 2, 96 steps at the reference's 1e-4 (VGG16 without batch norm, from scratch, stalls or diverges at "
                        "higher rates), and DeepLabV3-MobileNetV3 for 90 steps at 2e-3 with its batch-norm statistics "
                        "re-estimated before each validation (a short run's running averages trail its weights). "
                        "It shows that every stage runs and that the numbers move, on a CPU in minutes.",

@@ -207,7 +207,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarra
 
 def _shade(rng: np.random.Generator, c: int, size: int) -> np.ndarray:
     """Class `c`'s brightness pattern (about 1) over the whole canvas; the caller keeps its region."""
-    s = size / 512
+    s = max(size, 128) / 512  # in the tests' 64 px images textures keep a 128 px image's scale, not alias into noise
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     grain = rng.normal(0, 1, (size, size)).astype(np.float32)
     if c == 0:  # urban: a grid of blocks, each roof its own brightness, between darker streets

@@ -56,9 +56,9 @@ class FCN32s(nn.Module):
         self.dropout = nn.Dropout(0.5)
         self.score = nn.Conv2d(fc_width, num_classes, 1)
         if not pretrained:
-            # He init in fan-in mode keeps the forward signal at unit scale through all 15 ReLU layers;
-            # torchvision's VGG init (fan-out; fc std 0.01) shrinks it ~40x by fc7, which without batch
-            # norm leaves a from-scratch run's score layer barely moving for its first hundreds of steps.
+            # He init in fan-in mode keeps the forward signal near unit scale through the 15 ReLU layers;
+            # torchvision's VGG init (fan-out, and PyTorch's default for narrow fc6/fc7) leaves fc7's output
+            # at std ~0.03 for unit-std input, so without batch norm the score layer starts nearly blind.
             for conv in [m for m in self.features if isinstance(m, nn.Conv2d)] + [self.fc6, self.fc7]:
                 nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(conv.bias)
