@@ -207,7 +207,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarra
 
 def _shade(rng: np.random.Generator, c: int, size: int) -> np.ndarray:
     """Class `c`'s brightness pattern (about 1) over the whole canvas; the caller keeps its region."""
-    s = max(size, 128) / 512  # in the tests' 64 px images textures keep a 128 px image's scale, not alias into noise
+    s = size / 512
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     grain = rng.normal(0, 1, (size, size)).astype(np.float32)
     if c == 0:  # urban: a grid of blocks, each roof its own brightness, between darker streets
@@ -248,10 +248,10 @@ def _render(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
 def write_p2_sample(root: str | os.PathLike, preset: str = "sample", seed: int = 0) -> Path:
     """`root/p2_data/{train,validation}`: synthetic region maps of the 7 classes in the course layout.
 
-    `sample`: 24 train / 8 validation images of 512 x 512; `tiny` (tests): 16 / 6 of 64 x 64.
+    `sample`: 24 train / 8 validation images of 512 x 512; `tiny` (tests): 32 / 6 of 64 x 64.
     Validation holds the snapshot stems 0013, 0062 and 0104; every split shows all six scored classes.
     """
-    size, n_train, n_val = {"sample": (512, 24, 8), "tiny": (64, 16, 6)}[preset]
+    size, n_train, n_val = {"sample": (512, 24, 8), "tiny": (64, 32, 6)}[preset]
     rng = np.random.default_rng(seed + 2)
     p2 = Path(root) / "p2_data"
     val_stems = list(SNAPSHOT_STEMS) + [f"{200 + i:04d}" for i in range(n_val - len(SNAPSHOT_STEMS))]
