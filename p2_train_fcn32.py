@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from hw1 import engine, segmentation
 from hw1.errors import run_main
 from hw1.seg_data import IGNORE_INDEX
+from hw1.seg_models import FC_WIDTH
 
 EPOCHS = 40  # see the docstring
 
@@ -29,12 +30,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512, warmup_steps=500, out="runs/p2_fcn32s")
     segmentation.add_args(parser)
+    parser.add_argument("--fc-width", type=int, default=FC_WIDTH,
+                        help="channels of fc6 (7x7 conv) and fc7 (1x1 conv); VGG16's is 4096, narrower is for "
+                             "CPU-sized runs with --weights none (default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    segmentation.train(args, arch="fcn32s", criterion=functools.partial(F.cross_entropy, ignore_index=IGNORE_INDEX))
+    segmentation.train(args, arch="fcn32s", criterion=functools.partial(F.cross_entropy, ignore_index=IGNORE_INDEX),
+                       model_options={"fc_width": args.fc_width})
 
 
 if __name__ == "__main__":

@@ -180,17 +180,11 @@ def collate(items: list[dict]) -> dict:
 
 # ---------------------------------------------------------------- synthetic sample data
 
-# Per class: mean colour, pixel noise, and a texture (stripe amplitude, period in px, orientation).
-# Colours loosely follow satellite look; each class is separable by colour and texture statistics.
-_STYLE = {
-    0: ((140, 140, 150), 22, 40, 6, "grid"),     # urban: grey, blocky grid
-    1: ((190, 175, 70), 10, 30, 10, "rows"),     # agriculture: yellow fields in rows
-    2: ((150, 110, 90), 14, 0, 0, ""),           # rangeland: brownish, rough
-    3: ((35, 95, 40), 18, 15, 4, "cols"),        # forest: dark green, blotchy
-    4: ((30, 60, 140), 5, 0, 0, ""),             # water: smooth blue
-    5: ((215, 205, 185), 8, 0, 0, ""),           # barren: pale sand
-    6: ((8, 8, 8), 3, 0, 0, ""),                 # unknown: black
-}
+# Each class is a texture as well as a colour, as real land cover is. Lengths are in pixels of a
+# 512 px image (scaled with the image). Each image gets its own lighting and each region its own
+# tint, so the base colours overlap and a model has to read structure too.
+_BASE = np.array([(135, 135, 140), (150, 160, 75), (150, 135, 95), (45, 85, 45), (40, 65, 105),
+                  (195, 185, 165), (10, 10, 10)], np.float32)
 
 
 def _sample_regions(rng: np.random.Generator, size: int, classes: list[int]) -> np.ndarray:
@@ -204,34 +198,60 @@ def _sample_regions(rng: np.random.Generator, size: int, classes: list[int]) -> 
     return np.asarray(classes, dtype=np.uint8)[dist.argmin(0)]
 
 
+def _smooth_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
+    """Noise of unit sd whose blobs are about `cell` px wide (a coarse grid, upsampled bicubically)."""
+    coarse = rng.normal(0, 1, (max(2, math.ceil(size / cell) + 1),) * 2).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC))
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def _shade(rng: np.random.Generator, c: int, size: int) -> np.ndarray:
+    """Class `c`'s brightness pattern (about 1) over the whole canvas; the caller keeps its region."""
+    s = size / 512
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    grain = rng.normal(0, 1, (size, size)).astype(np.float32)
+    if c == 0:  # urban: a grid of blocks, each roof its own brightness, between darker streets
+        cell = rng.uniform(26, 40) * s
+        u, v = (xx + rng.uniform(0, cell)) / cell, (yy + rng.uniform(0, cell)) / cell
+        roofs = rng.uniform(0.6, 1.4, (int(v.max()) + 1, int(u.max()) + 1))
+        street = (u % 1 < 0.2) | (v % 1 < 0.2)
+        return np.where(street, 0.5, roofs[v.astype(int), u.astype(int)]) + 0.05 * grain
+    if c == 1:  # agriculture: parallel stripes of alternating crops, one direction per field
+        theta = rng.uniform(0, np.pi)
+        t = (xx * np.cos(theta) + yy * np.sin(theta)) / (rng.uniform(18, 28) * s)
+        return 1 + 0.22 * np.sign(np.sin(2 * np.pi * t)) + 0.05 * grain
+    if c == 2:  # rangeland: speckled, dark shrubs scattered over dry grass
+        return 1 - 0.35 * (_smooth_noise(rng, size, 7 * s) > 1.0) + 0.1 * grain
+    if c == 3:  # forest: blobby canopy, bright crowns and dark gaps
+        return 0.8 + 0.35 * np.tanh(2 * _smooth_noise(rng, size, 12 * s)) + 0.05 * grain
+    if c == 4:  # water: smooth, with slow low-frequency ripples
+        theta = rng.uniform(0, np.pi)
+        t = (xx * np.cos(theta) + yy * np.sin(theta)) / (rng.uniform(50, 80) * s)
+        return 1 + 0.07 * np.sin(2 * np.pi * t + _smooth_noise(rng, size, 100 * s)) + 0.015 * grain
+    if c == 5:  # barren: bright and grainy
+        return 1 + 0.07 * _smooth_noise(rng, size, 30 * s) + 0.11 * grain
+    return 1 + 0.3 * grain  # unknown: black, a little noise
+
+
 def _render(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
+    """The satellite image of a class map: each region its class's texture and a tint, the image one lighting."""
     size = ids.shape[0]
-    yy, xx = np.mgrid[0:size, 0:size]
     img = np.zeros((size, size, 3), np.float32)
-    for c, (colour, noise, amp, period, kind) in _STYLE.items():
+    for c in np.unique(ids):
         where = ids == c
-        if not where.any():
-            continue
-        scale = size / 512  # the texture keeps its look at any image size
-        pattern = np.zeros((size, size), np.float32)
-        if kind:
-            p = max(2.0, period * 4 * scale)
-            wave = {"rows": np.sin(2 * np.pi * yy / p), "cols": np.sin(2 * np.pi * xx / p),
-                    "grid": np.sign(np.sin(2 * np.pi * yy / p) * np.sin(2 * np.pi * xx / p))}[kind]
-            pattern = amp * wave
-        shade = rng.normal(0, 8, 3)  # each region-image its own small colour shift
-        pixels = np.asarray(colour, np.float32) + shade + pattern[..., None] + rng.normal(0, noise, (size, size, 3))
-        img[where] = pixels[where]
-    return np.clip(img, 0, 255).astype(np.uint8)
+        tint = _BASE[c] + rng.normal(0, 12, 3)
+        img[where] = (_shade(rng, int(c), size)[..., None] * tint)[where]
+    lighting = rng.uniform(0.8, 1.15) * rng.normal(1, 0.06, 3)
+    return np.clip(img * lighting + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
 
 
 def write_p2_sample(root: str | os.PathLike, preset: str = "sample", seed: int = 0) -> Path:
     """`root/p2_data/{train,validation}`: synthetic region maps of the 7 classes in the course layout.
 
-    `sample`: 24 train / 8 validation images of 512 x 512; `tiny` (tests): 16 / 6 of 64 x 64.
+    `sample`: 24 train / 8 validation images of 512 x 512; `tiny` (tests): 32 / 6 of 64 x 64.
     Validation holds the snapshot stems 0013, 0062 and 0104; every split shows all six scored classes.
     """
-    size, n_train, n_val = {"sample": (512, 24, 8), "tiny": (64, 16, 6)}[preset]
+    size, n_train, n_val = {"sample": (512, 24, 8), "tiny": (64, 32, 6)}[preset]
     rng = np.random.default_rng(seed + 2)
     p2 = Path(root) / "p2_data"
     val_stems = list(SNAPSHOT_STEMS) + [f"{200 + i:04d}" for i in range(n_val - len(SNAPSHOT_STEMS))]

@@ -21,6 +21,7 @@ DEEPLAB = {
                                      tv_seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
 }
 SEG_ARCHS = ("fcn32s", *DEEPLAB)
+FC_WIDTH = 4096  # VGG16's fc6/fc7 width, FCN32s's default
 WEIGHTS = ("default", "none")
 
 
@@ -39,24 +40,36 @@ class FCN32s(nn.Module):
 
     fc6 is padded so inputs smaller than 224 px still work; the input is padded to a multiple of 32,
     upsampled by a bilinear-initialised transposed conv and cropped back to exactly H x W.
+    `fc_width` is VGG's 4096; narrower fc6/fc7 are for CPU-sized runs from random weights.
     """
 
     stride = 32
 
-    def __init__(self, num_classes: int = NUM_CLASSES, vgg: torchvision.models.VGG | None = None) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, vgg: torchvision.models.VGG | None = None,
+                 fc_width: int = FC_WIDTH) -> None:
         super().__init__()
-        vgg = vgg if vgg is not None else torchvision.models.vgg16(weights=None)
+        pretrained = vgg is not None
+        vgg = vgg if pretrained else torchvision.models.vgg16(weights=None)
         self.features = vgg.features
-        self.fc6 = nn.Conv2d(512, 4096, 7, padding=3)
-        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.fc6 = nn.Conv2d(512, fc_width, 7, padding=3)
+        self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
         self.dropout = nn.Dropout(0.5)
-        self.score = nn.Conv2d(4096, num_classes, 1)
+        self.score = nn.Conv2d(fc_width, num_classes, 1)
+        if not pretrained:
+            # He init in fan-in mode keeps the forward signal near unit scale through the 15 ReLU layers;
+            # torchvision's VGG init (fan-out, and PyTorch's default for narrow fc6/fc7) leaves fc7's output
+            # at std ~0.03 for unit-std input, so without batch norm the score layer starts nearly blind.
+            for conv in [m for m in self.features if isinstance(m, nn.Conv2d)] + [self.fc6, self.fc7]:
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.score.weight)  # as in the FCN paper: start from uniform class scores
         nn.init.zeros_(self.score.bias)
         self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 2 * self.stride, stride=self.stride,
                                           padding=self.stride // 2, bias=False)
         with torch.no_grad():
             self.upscore.weight.copy_(bilinear_kernel(num_classes, 2 * self.stride))
+            if not pretrained:
+                return
             # VGG's fully connected fc6/fc7 are exactly these convolutions, reshaped ("convolutionalised").
             fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
             self.fc6.weight.copy_(fc6.weight.view(4096, 512, 7, 7))
@@ -90,19 +103,24 @@ def pretrained_state(weights: torchvision.models.WeightsEnum) -> dict[str, torch
                         "(set $TORCH_HOME to choose the cache), or pass --weights none") from err
 
 
-def build_seg_model(arch: str, weights: str = "none", *, aux: bool = False, num_classes: int = NUM_CLASSES) -> nn.Module:
+def build_seg_model(arch: str, weights: str = "none", *, aux: bool = False, num_classes: int = NUM_CLASSES,
+                    fc_width: int = FC_WIDTH) -> nn.Module:
     """FCN32s or a DeepLabV3 with `num_classes` outputs; forward returns `{"out": N x C x H x W, ["aux"]}`.
 
     `weights="default"`: VGG16 IMAGENET1K_V1 for FCN32s, COCO_WITH_VOC_LABELS_V1 for DeepLabV3
     (downloaded once into the torch hub cache); `"none"`: random initialisation, no download.
+    `fc_width`: FCN32s's fc6/fc7 width (VGG16's weights need the full 4096).
     """
     if arch not in SEG_ARCHS:
         raise UserError("--arch", f"unknown segmentation architecture {arch!r}", f"use one of {', '.join(SEG_ARCHS)}")
     if weights not in WEIGHTS:
         raise UserError("--weights", f"unknown choice {weights!r}", "use default or none")
     if arch == "fcn32s":
+        if fc_width < 1 or (weights == "default" and fc_width != FC_WIDTH):
+            raise UserError("--fc-width", f"{fc_width} does not fit {'VGG16' if fc_width > 0 else 'a layer'}",
+                            f"use --fc-width {FC_WIDTH} with --weights default, or a positive width with --weights none")
         if weights == "none":
-            return FCN32s(num_classes)
+            return FCN32s(num_classes, fc_width=fc_width)
         state = pretrained_state(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
         vgg = torchvision.models.vgg16(weights=None)
         vgg.load_state_dict(state)
@@ -132,7 +150,7 @@ def model_from_checkpoint(path: str | os.PathLike, state: dict) -> tuple[nn.Modu
     if meta.get("arch") not in SEG_ARCHS or meta.get("num_classes") != NUM_CLASSES:
         raise UserError(path, f"names arch={meta.get('arch')!r} with {meta.get('num_classes')} classes; "
                         f"this code builds {', '.join(SEG_ARCHS)} with {NUM_CLASSES}", "retrain with this project's scripts")
-    model = build_seg_model(meta["arch"], "none", aux=False)
+    model = build_seg_model(meta["arch"], "none", aux=False, fc_width=meta.get("fc_width", FC_WIDTH))
     weights = {k.removeprefix("module."): v for k, v in state["model"].items() if not k.startswith("aux_classifier.")}
     try:
         model.load_state_dict(weights)

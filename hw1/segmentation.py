@@ -138,8 +138,13 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 # ---------------------------------------------------------------- the run
 
 
-def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0) -> list[dict]:
-    """Build data, model and `engine.Task`, then run `engine.fit`; returns the epoch log."""
+def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0,
+          model_options: dict | None = None) -> list[dict]:
+    """Build data, model and `engine.Task`, then run `engine.fit`; returns the epoch log.
+
+    `model_options` (FCN32s's `fc_width`) go to `build_seg_model` and into the checkpoint's meta,
+    so inference rebuilds exactly this model."""
+    model_options = model_options or {}
     dist, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
     out = Path(args.out)
@@ -153,7 +158,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         raise UserError("--batch-size", "DeepLabV3's batch norm needs at least 2 training images per process and step",
                         "use --batch-size 2 or more per process")
 
-    model = build_seg_model(arch, args.weights, aux=aux_weight > 0)
+    model = build_seg_model(arch, args.weights, aux=aux_weight > 0, **model_options)
     prec = precision.resolve(args.precision, device)
     model = model.to(device, memory_format=prec.memory_format)
 
@@ -179,7 +184,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         model=model, loss_fn=loss_fn, monitor="miou", on_epoch_end=on_epoch_end,
         evaluate=evaluate,
         meta={"task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": args.image_size,
-              "weights": args.weights, "aux": aux_weight > 0},
+              "weights": args.weights, "aux": aux_weight > 0, **model_options},
     )
     if dist.is_main:
         print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "

@@ -26,10 +26,11 @@ from robust_helpers import small_p2_root
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--weights", "none", "--workers", "0", "--device", "cpu"]
 # The lightest setting found to learn reliably from random weights: DeepLabV3-MobileNetV3 with the 64 px
-# images enlarged to 128 (at 64 its stride-16 map is 4 x 4), 16 steps, batch-norm statistics
-# re-estimated before validation (a short run's running averages trail its fast-moving weights).
+# images enlarged to 128 (at 64 its stride-16 map is 4 x 4), 64 steps (4 epochs reached 0.164 from 0.060 on the
+# textured data, 6 epochs 0.175), batch-norm statistics re-estimated before validation (a short run's running
+# averages trail its fast-moving weights).
 ARCH, SIZE, RECALIBRATE = "deeplabv3_mobilenet_v3_large", 128, 4
-SHORT_RUN = ["--arch", ARCH, "--image-size", str(SIZE), "--batch-size", "4", "--epochs", "4", "--eval-every", "4",
+SHORT_RUN = ["--arch", ARCH, "--image-size", str(SIZE), "--batch-size", "4", "--epochs", "8", "--eval-every", "4",
              "--lr", "2e-3", "--warmup-steps", "4", "--aux-weight", "0", "--bn-recalibrate", str(RECALIBRATE)]
 
 
@@ -64,7 +65,7 @@ def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tin
     log = io.read_csv_rows(run_dir / "log.csv")
     assert {"miou", *(f"iou_{c}" for c in CLASS_NAMES[:6])} <= log[-1].keys()
     after = float(log[-1]["miou"])
-    assert after >= 3 * before and after >= before + 0.08, (before, after)  # measured: 0.033 → 0.165 (seed 1: 0.188)
+    assert after >= 3 * before and after >= before + 0.08, (before, after)  # measured: 0.060 → 0.194
     assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
     meta = checkpoint.load_checkpoint(run_dir / "best.pt")["meta"]
     assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none", "aux": False}
@@ -72,9 +73,9 @@ def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tin
 
 def test_snapshots_at_early_middle_final_epochs(run_dir):
     names = sorted(p.name for p in (run_dir / "snapshots").iterdir())
-    # 4 epochs: early = epoch 1, middle = epoch 2, final = epoch 4; a coloured mask and a figure each
+    # 8 epochs: early = epoch 1, middle = epoch 4, final = epoch 8; a coloured mask and a figure each
     expected = sorted(f"{stem}_epoch{e:03d}_{tag}{suffix}" for stem in SNAPSHOT_STEMS
-                      for e, tag in ((1, "early"), (2, "middle"), (4, "final")) for suffix in ("_mask.png", ".png"))
+                      for e, tag in ((1, "early"), (4, "middle"), (8, "final")) for suffix in ("_mask.png", ".png"))
     assert names == expected
     for name in names:
         if name.endswith("_mask.png"):
