@@ -140,10 +140,8 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 
 def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0,
           model_options: dict | None = None) -> list[dict]:
-    """Build data, model and `engine.Task`, then run `engine.fit`; returns the epoch log.
-
-    `model_options` (FCN32s's `fc_width`) go to `build_seg_model` and into the checkpoint's meta,
-    so inference rebuilds exactly this model."""
+    """Build data, model and `engine.Task`, run `engine.fit`; `model_options` (FCN32s's `fc_width`) also go into
+    the checkpoint's meta, so inference rebuilds exactly this model. Returns the epoch log."""
     model_options = model_options or {}
     dist, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
