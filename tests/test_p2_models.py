@@ -67,7 +67,7 @@ def test_pretrained_deeplab_gets_fresh_7_class_heads(tmp_path, monkeypatch):
 @torch.no_grad()
 def test_narrow_fcn32s_checkpoint_rebuilds_its_own_width(tmp_path):
     """--fc-width is recorded in the checkpoint's meta, so inference rebuilds exactly the trained model."""
-    from hw1 import engine
+    from hw1 import checkpoint
     from hw1.seg_models import model_from_checkpoint
 
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def test_narrow_fcn32s_checkpoint_rebuilds_its_own_width(tmp_path):
     assert model.fc6.out_channels == 16 and model.fc6.kernel_size == (7, 7) and model.score.in_channels == 16
     meta = {"task": "segment", "arch": "fcn32s", "num_classes": 7, "image_size": 64, "weights": "none", "aux": False,
             "fc_width": 16}
-    engine.save_checkpoint(tmp_path / "fcn.pt", {"model": model.state_dict(), "meta": meta})
-    rebuilt, _ = model_from_checkpoint(tmp_path / "fcn.pt", engine.load_checkpoint(tmp_path / "fcn.pt"))
+    checkpoint.save_checkpoint(tmp_path / "fcn.pt", {"model": model.state_dict(), "meta": meta})
+    rebuilt, _ = model_from_checkpoint(tmp_path / "fcn.pt", checkpoint.load_checkpoint(tmp_path / "fcn.pt"))
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(rebuilt.eval()(x)["out"], model(x)["out"])
 
