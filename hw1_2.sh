@@ -6,11 +6,5 @@ if [ "$#" -ne 2 ]; then
   exit 2
 fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${HW1_PYTHON:-$REPO/.venv/bin/python}"  # HW1_PYTHON: another interpreter that has requirements.txt
-[ -n "${HW1_PYTHON:-}" ] || [ -x "$PYTHON" ] || PYTHON=python3
-# find_spec looks the packages up without importing them (no seconds spent loading torch twice)
-if ! "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("torch", "torchvision", "PIL", "tqdm")))' 2>/dev/null; then
-  echo "error: $PYTHON: no Python with torch and torchvision found — set up once in $REPO: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt (or set HW1_PYTHON)" >&2
-  exit 2
-fi
+source "$REPO/grading_python.sh"  # sets PYTHON, or says how to set up and exits 2
 exec "$PYTHON" "$REPO/p2_inference.py" "$1" "$2"

@@ -387,7 +387,8 @@ def test_bad_input_grading_script_without_a_python_that_has_torch(script, argv, 
     repo, bin_dir = tmp_path / "clone", tmp_path / "bin"
     repo.mkdir()
     bin_dir.mkdir()
-    (repo / script).write_bytes((ROOT / script).read_bytes())
+    for name in (script, "grading_python.sh"):  # the script and the interpreter check it sources
+        (repo / name).write_bytes((ROOT / name).read_bytes())
     no_site = bin_dir / "python3"  # this venv's interpreter without its site-packages: no torch
     no_site.write_text(f"#!/bin/sh\nexec {PYTHON} -S \"$@\"\n")
     no_site.chmod(0o755)
