@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
-from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
+from hw1.presets import FROZEN, GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
 from hw1.report import P1_SETTINGS, Layout, ReportInfo, write_report  # noqa: E402
 from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
 
@@ -97,7 +97,7 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
             setting, ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"]))
         stages.append(_train(f"fine-tune {setting}", "p1_finetune.py", layout.finetune(setting),
                              common + ["--setting", setting, *[a for b in backbone for a in ("--backbone", str(b))],
-                                       "--results", str(layout.p1_results)] + preset["finetune"],
+                                       "--results", str(layout.p1_results)] + preset["probe" if setting in FROZEN else "finetune"],
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
     stages.append(Stage("t-SNE", _script("p1_tsne.py") + common + [

@@ -12,18 +12,21 @@ PRESETS: dict[str, dict] = {
                        "fine-tuning A–E and the control E0 (batch 128, 100 warm-up iterations + cosine, 500 epochs), "
                        "VGG16-FCN32s and DeepLabV3-ResNet101 with focal loss at 512 px from torchvision's pretrained weights.",
         "sample_data": None, "workers": None,
-        "byol": [], "supervised": ["--epochs", "100"], "finetune": [], "tsne": [],
+        "byol": [], "supervised": ["--epochs", "100"], "finetune": [], "probe": [], "tsne": [],
         "fcn32s": [], "deeplabv3": [],
     },
     "sample": {
         "description": "The sample preset, scaled down to a few minutes on two CPU cores: ResNet18 at 32 px instead of "
                        "ResNet50 at 128 px (about 35 times less compute an image) on synthetic data in the course layout "
-                       "(768 Mini-ImageNet-layout images, 64 classes of shape x colour over a texture; 520 Office-Home-"
-                       "layout train and 130 validation images), and tens of steps where the recipe takes hundreds of "
-                       "thousands: BYOL 6 epochs (72 steps, batched views, kNN monitor every epoch), supervised "
-                       "pre-training 4 epochs, fine-tuning A–E and the control E0 (E's linear probe on a random frozen "
-                       "backbone) for 6 epochs each. Short runs take 10 warm-up steps and a 10-20x higher learning rate "
-                       "(BYOL 1e-3, the others 2e-3) than the recipe's 1e-4 with thousands of warm-up steps. "
+                       "whose classes are shape x fill pattern, never colour (colours, position, size and tilt are drawn "
+                       "per image): 1,280 Mini-ImageNet-layout images (64 classes: 8 shapes x 8 fills), 650 Office-Home-"
+                       "layout train and 260 validation images (65 classes: 13 shapes x 5 fills; 5 shapes shared with "
+                       "Mini-ImageNet). Steps are in the tens to hundreds where the recipe takes hundreds of thousands: "
+                       "BYOL 6 epochs (120 steps, batched views, kNN monitor every epoch), supervised pre-training 4 "
+                       "epochs, full fine-tuning A–C 8 epochs, and the linear probes D, E and the control E0 (E's probe "
+                       "on a random frozen backbone) 10 epochs at 1e-2, as linear probes take a higher rate than full "
+                       "fine-tuning. Short runs take 10 warm-up steps and a 10-20x higher learning rate (BYOL 1e-3, "
+                       "fine-tuning 2e-3) than the recipe's 1e-4 with thousands of warm-up steps. "
                        "Problem 2 trains both models from random weights at 128 px on 24 synthetic 512 px satellite "
                        "images (8 validation) whose classes differ by texture (blocks, field stripes, speckle, canopy, "
                        "ripples, grain) as well as colour: FCN32s with fc6/fc7 narrowed from 4096 to 512 channels, "
@@ -38,8 +41,10 @@ PRESETS: dict[str, dict] = {
                  "--warmup-steps", "10", "--projection-hidden-size", "1024", "--gpu-aug", "--eval-every", "1"],
         "supervised": ["--arch", "resnet18", "--image-size", "32", "--epochs", "4", "--batch-size", "64", "--lr", "2e-3",
                        "--warmup-steps", "10"],
-        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "6", "--batch-size", "64", "--lr", "2e-3",
+        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "8", "--batch-size", "64", "--lr", "2e-3",
                      "--warmup-steps", "10"],
+        "probe": ["--arch", "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-2",
+                  "--warmup-steps", "10"],
         "tsne": ["--perplexity", "20"],
         # 128 px gives FCN32s a 4 x 4 score map (at 32 px it is 1 x 1, a whole-image classifier); narrow fc6/fc7
         # make its steps cheap enough on a CPU for ~100 of them.
@@ -56,12 +61,14 @@ PRESETS: dict[str, dict] = {
                  "--max-steps", "1", "--projection-hidden-size", "64", "--projection-size", "32"],
         "supervised": ["--arch", "resnet18", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--max-steps", "1"],
         "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "128"],
+        "probe": ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "128"],
         "tsne": ["--perplexity", "5"],
         "fcn32s": ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--max-steps", "1"],
         "deeplabv3": ["--weights", "none", "--arch", "deeplabv3_mobilenet_v3_large", "--image-size", "32",
                       "--epochs", "2", "--batch-size", "8", "--max-steps", "2", "--aux-weight", "0"],
     },
 }
+FROZEN = ("D", "E", "E0")  # settings whose backbone is frozen: a linear probe, with the preset's "probe" flags
 GIVEN_BACKBONE = Path("p1_data") / "pretrain_model_SL.pt"  # the course's supervised ResNet50 backbone
 MODEL_TREES = {"classifier": "ResNet50 classifier (settings A–E)", "fcn32s": "model A: VGG16-FCN32s",
                "deeplabv3": "model B: DeepLabV3-ResNet101"}

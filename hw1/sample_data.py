@@ -1,7 +1,11 @@
 """Write a small, deterministic, learnable synthetic dataset in the exact `hw1_data/` layout.
 
-Problem 1 classes differ by shape x colour (x background texture for Mini-ImageNet), each image
-with its own position, size and noise, so both a classifier and BYOL have something to learn.
+Problem 1 classes are shape x fill pattern (stripes, checks, dots, ...), never colour: each image
+draws its own colours (muted, from one distribution for every class, as lighting and paint vary in
+photos), position, size, tilt and pattern phase, so BYOL's colour jitter, grayscale and crops
+remove nothing that defines a class. Mini-ImageNet and Office-Home share the vocabulary but not
+the classes (8 shapes x 8 fills vs 13 shapes x 5 fills, 5 shapes in common), as the real two sets
+share object kinds but not their label lists.
 
     python -m hw1.sample_data --out sample_data
 """
@@ -18,43 +22,101 @@ from . import io
 from .errors import run_main
 from .seg_data import write_p2_sample
 
-SHAPES = ("disc", "square", "triangle", "cross", "ring")
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "star", "halfdisc", "frame", "ell", "tee",
+          "crescent", "bar")
+FILLS = ("solid", "hstripes", "vstripes", "checker", "dots", "grid", "diagonal", "rings")
+MINI_CLASSES = [(s, f) for s in SHAPES[5:13] for f in FILLS]       # 64
+OFFICE_CLASSES = [(s, f) for s in SHAPES for f in FILLS[:5]]       # 65
 
 
-def _palette(n: int, offset: float) -> list[tuple[int, int, int]]:
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((offset + i / n) % 1.0, 0.85, 0.95)) for i in range(n)]
+def _stripes(u: np.ndarray, period: float) -> np.ndarray:
+    return (u % period) < period / 2
 
 
-def draw_shape_image(rng: np.random.Generator, size: int, shape: str, colour: tuple[int, int, int], texture: int) -> Image.Image:
-    """One image: a coloured shape at a random place and scale over a noisy textured background."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = rng.integers(40, 110)
-    period = 6 + 4 * texture
-    background = base + 25 * np.sin(2 * np.pi * (xx if texture % 2 else yy) / period)[..., None]
-    arr = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr)
+def fill_pattern(fill: str, u: np.ndarray, v: np.ndarray, radius: np.ndarray, period: float) -> np.ndarray:
+    """Boolean pattern over pixel coordinates `u`, `v` (tilted, shifted) and `radius` from the shape's centre."""
+    if fill == "solid":
+        return np.ones(u.shape, bool)
+    if fill == "hstripes":
+        return _stripes(v, period)
+    if fill == "vstripes":
+        return _stripes(u, period)
+    if fill == "checker":
+        return (u // (period / 2) + v // (period / 2)) % 2 == 0
+    if fill == "dots":
+        return ((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3.2) ** 2
+    if fill == "grid":
+        return ((u % period) < period / 4) | ((v % period) < period / 4)
+    if fill == "diagonal":
+        return _stripes(u + v, 1.4 * period)
+    return _stripes(radius, period)  # rings, concentric with the shape
+
+
+def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """Boolean mask of one shape of radius `r` centred at (cx, cy)."""
+    img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
-    r = size * rng.uniform(0.2, 0.35)
-    cx, cy = rng.uniform(r, size - r, 2)
-    box = (cx - r, cy - r, cx + r, cy + r)
+    box, w = (cx - r, cy - r, cx + r, cy + r), r / 1.6
     if shape == "disc":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
+        draw.ellipse(box, fill=255)
+    elif shape in ("square", "frame"):
+        inner = (cx - .85 * r, cy - .85 * r, cx + .85 * r, cy + .85 * r)
+        draw.rectangle(inner, fill=255) if shape == "square" else draw.rectangle(inner, outline=255, width=max(3, int(r / 2.4)))
     elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        draw.polygon([(cx, cy - r), (cx - r, cy + .8 * r), (cx + r, cy + .8 * r)], fill=255)
     elif shape == "cross":
-        w = r / 3
-        draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
-        draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
-    else:
-        draw.ellipse(box, outline=colour, width=max(2, int(r / 3)))
-    return img
+        for half_w, half_h in ((r, r / 2.6), (r / 2.6, r)):
+            draw.rectangle((cx - half_w, cy - half_h, cx + half_w, cy + half_h), fill=255)
+    elif shape == "ring":
+        draw.ellipse(box, outline=255, width=max(3, int(r / 2.4)))
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
+    elif shape == "star":
+        angle = np.pi / 2 + np.arange(10) * np.pi / 5
+        reach = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        draw.polygon(list(zip(cx + reach * np.cos(angle), cy - reach * np.sin(angle))), fill=255)
+    elif shape == "halfdisc":
+        draw.pieslice(box, 0, 180, fill=255)
+    elif shape == "ell":
+        draw.rectangle((cx - r, cy - r, cx - r + w, cy + r), fill=255)
+        draw.rectangle((cx - r, cy + r - w, cx + r, cy + r), fill=255)
+    elif shape == "tee":
+        draw.rectangle((cx - r, cy - r, cx + r, cy - r + w), fill=255)
+        draw.rectangle((cx - w / 2, cy - r, cx + w / 2, cy + r), fill=255)
+    elif shape == "crescent":
+        draw.ellipse(box, fill=255)
+        draw.ellipse((cx - .3 * r, cy - r, cx + 1.4 * r, cy + .9 * r), fill=0)
+    else:  # bar
+        draw.rectangle((cx - r, cy - r / 2.2, cx + r, cy + r / 2.2), fill=255)
+    return np.asarray(img) > 127
 
 
-def _class_specs(n_classes: int, n_shapes: int, offset: float) -> list[tuple[str, tuple[int, int, int], int]]:
-    colours = _palette(int(np.ceil(n_classes / n_shapes)), offset)
-    return [(SHAPES[c % n_shapes], colours[c // n_shapes], c % 3) for c in range(n_classes)]
+def _muted_colour(rng: np.random.Generator, value: float) -> np.ndarray:
+    """Any hue at low saturation: colour varies from image to image but says nothing of the class."""
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.35), value)) * 255
+
+
+def draw_shape_image(rng: np.random.Generator, size: int, shape: str, fill: str) -> Image.Image:
+    """One image: a shape filled with a two-tone pattern over a shaded background, all colours drawn per image."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    r = size * rng.uniform(0.3, 0.45)
+    cx, cy = rng.uniform(0.8 * r, size - 0.8 * r, 2)
+    period = size * rng.uniform(0.18, 0.26)  # ≥ 5 px at the sample's 32 px: the pattern survives the resize
+    tilt = rng.uniform(-0.15, 0.15)
+    u = (xx - cx) * np.cos(tilt) - (yy - cy) * np.sin(tilt) + rng.uniform(0, period)
+    v = (xx - cx) * np.sin(tilt) + (yy - cy) * np.cos(tilt) + rng.uniform(0, period)
+    pattern = fill_pattern(fill, u, v, np.hypot(xx - cx, yy - cy), period)
+    dark, light = sorted(rng.uniform(0.15, 1.0, 2))
+    if light - dark < 0.35:  # the two tones must differ in brightness, so grayscale keeps the pattern
+        dark, light = 0.2, 0.95
+    arr = np.empty((size, size, 3))
+    arr[:] = _muted_colour(rng, rng.uniform(0.2, 0.9))
+    arr += 30 * np.sin(2 * np.pi * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) / size)[..., None]
+    mask = shape_mask(shape, size, cx, cy, r)
+    tones = np.where(pattern[..., None], _muted_colour(rng, light), _muted_colour(rng, dark))
+    arr[mask] = tones[mask]
+    arr += rng.normal(0, 10, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def write_p1(root: Path, *, mini_per_class: int, office_train_per_class: int, office_val_per_class: int,
@@ -63,18 +125,17 @@ def write_p1(root: Path, *, mini_per_class: int, office_train_per_class: int, of
     rng = np.random.default_rng(seed)
     mini = root / "p1_data" / "mini" / "train"
     mini.mkdir(parents=True, exist_ok=True)
-    for c, (shape, colour, texture) in enumerate(_class_specs(64, 4, 0.03)):
+    for c, (shape, fill) in enumerate(MINI_CLASSES):
         for n in range(mini_per_class):
-            draw_shape_image(rng, size, shape, colour, texture).save(mini / f"{c}_{n}.jpg", quality=92)
+            draw_shape_image(rng, size, shape, fill).save(mini / f"{c}_{n}.jpg", quality=92)
     office = root / "p1_data" / "office"
-    specs = _class_specs(65, 5, 0.0)
     for split, per_class in (("train", office_train_per_class), ("val", office_val_per_class)):
         (office / split).mkdir(parents=True, exist_ok=True)
         rows = []
         for n in range(per_class):
-            for c, (shape, colour, _) in enumerate(specs):
+            for c, (shape, fill) in enumerate(OFFICE_CLASSES):
                 name = f"{c}_{n + (1000 if split == 'val' else 0)}.jpg"
-                draw_shape_image(rng, size, shape, colour, n % 3).save(office / split / name, quality=92)
+                draw_shape_image(rng, size, shape, fill).save(office / split / name, quality=92)
                 rows.append([len(rows), name, c])
         io.write_csv(office / f"{split}.csv", ["id", "filename", "label"], rows)
 
@@ -82,7 +143,7 @@ def write_p1(root: Path, *, mini_per_class: int, office_train_per_class: int, of
 def write_sample_data(root: str | Path, *, preset: str = "sample", seed: int = 0) -> Path:
     """Write every problem's sample data under `root`; `tiny` is the tests' size."""
     root = io.ensure_dir(root)
-    counts = {"sample": dict(mini_per_class=12, office_train_per_class=8, office_val_per_class=2),
+    counts = {"sample": dict(mini_per_class=20, office_train_per_class=10, office_val_per_class=4),
               "tiny": dict(mini_per_class=3, office_train_per_class=3, office_val_per_class=1)}[preset]
     write_p1(root, seed=seed, size=128 if preset == "sample" else 64, **counts)
     write_p2_sample(root, preset, seed)
