@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hw1 import engine, segmentation
 from hw1.errors import run_main
 from hw1.seg_data import IGNORE_INDEX
-from hw1.seg_models import FC_WIDTH
+from hw1.seg_models import FC_WIDTH, VGGS
 
 EPOCHS = 40  # see the docstring
 
@@ -33,13 +33,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fc-width", type=int, default=FC_WIDTH,
                         help="channels of fc6 (7x7 conv) and fc7 (1x1 conv); VGG16's is 4096, narrower is for "
                              "CPU-sized runs with --weights none (default: %(default)s)")
+    parser.add_argument("--vgg", choices=tuple(VGGS), default="vgg16",
+                        help="the encoder: vgg16 (the reference) or vgg16_bn, with batch norm after every conv, "
+                             "which trains from --weights none at higher learning rates (default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     segmentation.train(args, arch="fcn32s", criterion=functools.partial(F.cross_entropy, ignore_index=IGNORE_INDEX),
-                       model_options={"fc_width": args.fc_width})
+                       model_options={"fc_width": args.fc_width, "vgg": args.vgg})
 
 
 if __name__ == "__main__":

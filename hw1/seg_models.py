@@ -21,6 +21,12 @@ DEEPLAB = {
                                      tv_seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
 }
 SEG_ARCHS = ("fcn32s", *DEEPLAB)
+# FCN32s's encoder → (torchvision builder, its ImageNet weights). vgg16 is the reference; vgg16_bn (batch norm
+# after every conv) trains from random weights at the high learning rates a short run needs.
+VGGS = {
+    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
+    "vgg16_bn": (torchvision.models.vgg16_bn, torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1),
+}
 FC_WIDTH = 4096  # VGG16's fc6/fc7 width, FCN32s's default
 WEIGHTS = ("default", "none")
 
@@ -36,20 +42,21 @@ def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
 
 
 class FCN32s(nn.Module):
-    """VGG16 `features`, fc6 (7x7 conv) and fc7 (1x1) with ReLU + dropout, a 1x1 score, 32x upsampling.
+    """VGG16(-BN) `features`, fc6 (7x7 conv) and fc7 (1x1) with ReLU + dropout, a 1x1 score, 32x upsampling.
 
     fc6 is padded so inputs smaller than 224 px still work; the input is padded to a multiple of 32,
     upsampled by a bilinear-initialised transposed conv and cropped back to exactly H x W.
-    `fc_width` is VGG's 4096; narrower fc6/fc7 are for CPU-sized runs from random weights.
+    `fc_width` is VGG's 4096; narrower fc6/fc7 are for CPU-sized runs from random weights. `vgg` is a
+    pretrained VGG16 or VGG16-BN; without one, `vgg_arch` (a `VGGS` key) names the random encoder.
     """
 
     stride = 32
 
     def __init__(self, num_classes: int = NUM_CLASSES, vgg: torchvision.models.VGG | None = None,
-                 fc_width: int = FC_WIDTH) -> None:
+                 fc_width: int = FC_WIDTH, vgg_arch: str = "vgg16") -> None:
         super().__init__()
         pretrained = vgg is not None
-        vgg = vgg if pretrained else torchvision.models.vgg16(weights=None)
+        vgg = vgg if pretrained else VGGS[vgg_arch][0](weights=None)
         self.features = vgg.features
         self.fc6 = nn.Conv2d(512, fc_width, 7, padding=3)
         self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
@@ -104,27 +111,30 @@ def pretrained_state(weights: torchvision.models.WeightsEnum) -> dict[str, torch
 
 
 def build_seg_model(arch: str, weights: str = "none", *, aux: bool = False, num_classes: int = NUM_CLASSES,
-                    fc_width: int = FC_WIDTH) -> nn.Module:
+                    fc_width: int = FC_WIDTH, vgg: str = "vgg16") -> nn.Module:
     """FCN32s or a DeepLabV3 with `num_classes` outputs; forward returns `{"out": N x C x H x W, ["aux"]}`.
 
-    `weights="default"`: VGG16 IMAGENET1K_V1 for FCN32s, COCO_WITH_VOC_LABELS_V1 for DeepLabV3
+    `weights="default"`: VGG16(-BN) IMAGENET1K_V1 for FCN32s, COCO_WITH_VOC_LABELS_V1 for DeepLabV3
     (downloaded once into the torch hub cache); `"none"`: random initialisation, no download.
-    `fc_width`: FCN32s's fc6/fc7 width (VGG16's weights need the full 4096).
+    `fc_width`: FCN32s's fc6/fc7 width (VGG16's weights need the full 4096); `vgg`: its encoder, a `VGGS` key.
     """
     if arch not in SEG_ARCHS:
         raise UserError("--arch", f"unknown segmentation architecture {arch!r}", f"use one of {', '.join(SEG_ARCHS)}")
     if weights not in WEIGHTS:
         raise UserError("--weights", f"unknown choice {weights!r}", "use default or none")
     if arch == "fcn32s":
+        if vgg not in VGGS:
+            raise UserError("--vgg", f"unknown FCN32s encoder {vgg!r}", f"use one of {', '.join(VGGS)}")
         if fc_width < 1 or (weights == "default" and fc_width != FC_WIDTH):
             raise UserError("--fc-width", f"{fc_width} does not fit {'VGG16' if fc_width > 0 else 'a layer'}",
                             f"use --fc-width {FC_WIDTH} with --weights default, or a positive width with --weights none")
         if weights == "none":
-            return FCN32s(num_classes, fc_width=fc_width)
-        state = pretrained_state(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
-        vgg = torchvision.models.vgg16(weights=None)
-        vgg.load_state_dict(state)
-        return FCN32s(num_classes, vgg)
+            return FCN32s(num_classes, fc_width=fc_width, vgg_arch=vgg)
+        builder, imagenet = VGGS[vgg]
+        state = pretrained_state(imagenet)
+        encoder = builder(weights=None)
+        encoder.load_state_dict(state)
+        return FCN32s(num_classes, encoder)
     builder, coco = DEEPLAB[arch]
     if weights == "none":  # weights_backbone=None too: torchvision's default would download ImageNet weights
         return builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
@@ -150,7 +160,8 @@ def model_from_checkpoint(path: str | os.PathLike, state: dict) -> tuple[nn.Modu
     if meta.get("arch") not in SEG_ARCHS or meta.get("num_classes") != NUM_CLASSES:
         raise UserError(path, f"names arch={meta.get('arch')!r} with {meta.get('num_classes')} classes; "
                         f"this code builds {', '.join(SEG_ARCHS)} with {NUM_CLASSES}", "retrain with this project's scripts")
-    model = build_seg_model(meta["arch"], "none", aux=False, fc_width=meta.get("fc_width", FC_WIDTH))
+    model = build_seg_model(meta["arch"], "none", aux=False, fc_width=meta.get("fc_width", FC_WIDTH),
+                           vgg=meta.get("vgg", "vgg16"))
     weights = {k.removeprefix("module."): v for k, v in state["model"].items() if not k.startswith("aux_classifier.")}
     try:
         model.load_state_dict(weights)

@@ -140,8 +140,8 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 
 def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0,
           model_options: dict | None = None) -> list[dict]:
-    """Build data, model and `engine.Task`, run `engine.fit`; `model_options` (FCN32s's `fc_width`) also go into
-    the checkpoint's meta, so inference rebuilds exactly this model. Returns the epoch log."""
+    """Build data, model and `engine.Task`, run `engine.fit`; `model_options` (FCN32s's `fc_width` and `vgg`) also
+    go into the checkpoint's meta, so inference rebuilds exactly this model. Returns the epoch log."""
     model_options = model_options or {}
     dist, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
@@ -152,8 +152,9 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
     loader = loading.make_loader(train_set, args.batch_size, train=True, **kw)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, **kw)
-    if arch != "fcn32s" and min(loader.sampler.local_batch, len(train_set) // dist.world_size) < 2:
-        raise UserError("--batch-size", "DeepLabV3's batch norm needs at least 2 training images per process and step",
+    batch_norm = arch != "fcn32s" or model_options.get("vgg") == "vgg16_bn"
+    if batch_norm and min(loader.sampler.local_batch, len(train_set) // dist.world_size) < 2:
+        raise UserError("--batch-size", f"{arch}'s batch norm needs at least 2 training images per process and step",
                         "use --batch-size 2 or more per process")
 
     model = build_seg_model(arch, args.weights, aux=aux_weight > 0, **model_options)

@@ -1,11 +1,14 @@
-"""P2 models: output N x 7 x H x W at 512 and at odd sizes; a failed weight download is one clear error."""
+"""P2 models: output N x 7 x H x W at 512 and at odd sizes; a failed weight download is one clear error;
+the VGG16-BN variant of FCN32s rebuilds from its checkpoint."""
 from __future__ import annotations
 
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 import torchvision.models._api as tv_api
+from PIL import Image
 
 from hw1.errors import UserError
 from hw1.seg_models import FCN32s, bilinear_kernel, build_seg_model
@@ -85,3 +88,64 @@ def test_narrow_fcn32s_cannot_take_vgg16_weights():
     with pytest.raises(UserError) as err:
         build_seg_model("fcn32s", "default", fc_width=512)
     assert "--fc-width" in err.value.line() and "4096" in err.value.line()
+
+
+@torch.no_grad()
+def test_vgg16_bn_fcn32s_round_trips_through_its_checkpoint_and_inference(tmp_path):
+    """--vgg vgg16_bn is recorded in the meta like --fc-width: p2_inference.py rebuilds the batch-norm encoder."""
+    import p2_inference
+    from hw1 import checkpoint, io
+    from hw1.seg_data import SatMaskDataset, find_pairs, read_mask
+    from hw1.seg_models import model_from_checkpoint
+
+    torch.manual_seed(0)
+    model = build_seg_model("fcn32s", "none", fc_width=16, vgg="vgg16_bn").eval()
+    norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 13 and isinstance(model.features[1], torch.nn.BatchNorm2d)
+    assert model(torch.randn(2, 3, 45, 70))["out"].shape == (2, 7, 45, 70)
+    for m in norms:  # non-trivial statistics, so a rebuild without them (or without batch norm) differs
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+    meta = {"task": "segment", "arch": "fcn32s", "num_classes": 7, "image_size": 64, "weights": "none", "aux": False,
+            "fc_width": 16, "vgg": "vgg16_bn"}
+    path = tmp_path / "fcn_bn.pt"
+    checkpoint.save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+    rebuilt, _ = model_from_checkpoint(path, checkpoint.load_checkpoint(path))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(rebuilt.eval()(x)["out"], model(x)["out"])
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    io.ensure_dir(images)
+    for stem, (h, w) in (("0000", (40, 56)), ("0001", (64, 64))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{stem}_sat.jpg")
+    p2_inference.main([str(images), str(tmp_path / "pred"), "--checkpoint", str(path), "--workers", "0",
+                       "--device", "cpu"])
+    pairs = find_pairs(images, need_masks=False)
+    for pair, (h, w) in zip(pairs, ((40, 56), (64, 64))):
+        mask = read_mask(tmp_path / "pred" / f"{pair.stem}_mask.png")
+        assert mask.shape == (h, w)
+        expected = model(SatMaskDataset([pair], 64)[0]["image"][None])["out"]
+        expected = torch.nn.functional.interpolate(expected, size=(h, w), mode="bilinear").argmax(1)[0]
+        assert np.array_equal(mask, expected.numpy())
+
+
+def test_pretrained_vgg16_bn_fcn32s_loads_imagenet_features(tmp_path, monkeypatch):
+    """`--weights default --vgg vgg16_bn` path, with torchvision's download replaced by a VGG16-BN state."""
+    import torchvision
+
+    imagenet_like = torchvision.models.vgg16_bn(weights=None).state_dict()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    urls = []
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda url, *a, **k: urls.append(url) or imagenet_like)
+    model = build_seg_model("fcn32s", "default", vgg="vgg16_bn")
+    assert urls == [torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1.url]
+    assert torch.equal(model.features[0].weight, imagenet_like["features.0.weight"])
+    assert torch.equal(model.features[1].running_var, imagenet_like["features.1.running_var"])
+    assert torch.equal(model.fc6.weight.flatten(1), imagenet_like["classifier.0.weight"])
+
+
+def test_unknown_vgg_is_one_clear_error():
+    with pytest.raises(UserError) as err:
+        build_seg_model("fcn32s", "none", vgg="vgg19")
+    assert "--vgg" in err.value.line() and "vgg16_bn" in err.value.line()
