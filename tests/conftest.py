@@ -24,7 +24,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------- Problem 1: small runs shared by the test_p1_* files
 
 P1_SMALL = ["--arch", "resnet18", "--image-size", "32", "--workers", "0"]
-P1_LEARN_EPOCHS = 6
+P1_LEARN_EPOCHS = 10
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def p1_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A resnet18 Office-Home classifier (`best.pt`): setting A, 6 epochs at lr 2e-3 on the tiny data (it learns)."""
+    """A resnet18 Office-Home classifier (`best.pt`): setting A, 10 epochs at lr 2e-3 on the tiny data (it learns)."""
     import p1_finetune
 
     out = tmp_path_factory.mktemp("p1_finetune_A")

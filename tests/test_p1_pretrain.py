@@ -21,7 +21,6 @@ from hw1.sample_data import write_p1
 from robust_helpers import small_p1_root
 
 BATCH = 8
-MARGIN = 0.01  # kNN: BYOL's backbone must get at least 3 more of the 260 val images right than its initialisation
 
 
 def gradient_image(side: int = 48) -> Image.Image:
@@ -87,9 +86,8 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def byol_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
-    """BYOL at the recipe's lr (1e-4), 4 epochs = 24 steps, on sample data with 4 val images a class.
-
-    260 val images instead of the tiny set's 65 make the kNN comparison steady. Returns (data root,
+    """BYOL for 4 epochs = 24 steps at the sample preset's lr (1e-3; the recipe's 1e-4 barely moves in 24
+    steps), on sample data with 4 val images a class (260, for the kNN monitor). Returns (data root,
     run folder, the backbone's state as training received it: the random initialisation BYOL starts from).
     """
     root = tmp_path_factory.mktemp("byol_data")
@@ -104,7 +102,7 @@ def byol_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(p1_pretrain.engine, "fit", fit_from_recorded_init)
         p1_pretrain.main(["--data-root", str(root), "--out", str(root / "run"), *P1_SMALL, "--device", "cpu",
-                          "--batch-size", "32", "--epochs", "4", "--projection-hidden-size", "256", "--no-cache"])
+                          "--batch-size", "32", "--epochs", "4", "--lr", "1e-3", "--warmup-steps", "4", "--projection-hidden-size", "256", "--no-cache"])
     return root, root / "run", init
 
 
@@ -115,33 +113,51 @@ def test_byol_reduces_its_loss(byol_run: tuple[Path, Path, dict]) -> None:
     assert losses[-1] < 0.95 * losses[0], losses
 
 
-def test_byol_backbone_beats_its_random_initialisation_on_knn(byol_run: tuple[Path, Path, dict]) -> None:
-    """Cosine kNN (k=20), Office-Home train → val features at 32 px: BYOL's backbone vs the one it started from.
+def _resnet18(state: dict[str, torch.Tensor]) -> torchvision.models.ResNet:
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(state)
+    return net.eval()
 
-    Caveat (measured): at this CPU scale the effect is small and seed-dependent. With --seed 0 and 2 threads
-    the gain is +6 of 260 images; over seeds 0-4 it ranged from -5 to +7 images. Longer runs or larger lrs
-    (48 steps, 2e-4..2e-3) lowered it: early BYOL first scrambles the random features' colour cues (the
-    sample classes are shape x colour) before it learns shape. A failure after a numerics change need not
-    be a bug; a run of a few hundred steps on a GPU is the real check.
+
+def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(byol_run: tuple[Path, Path, dict]) -> None:
+    """What BYOL trains for, measured on the backbone's pooled features of BYOL's own views of unseen images.
+
+    The gap = mean cosine of two views of the same image minus that of views of different images. A broken
+    objective (no stop-gradient, a dead target, views that are not per-sample) leaves it where the random
+    initialisation has it. This is what 24 steps can show; that the features also rank Office-Home classes
+    better (the kNN monitor) is not: on the shape x fill sample data short BYOL runs lower kNN accuracy
+    (measured at lr 1e-4: 0.100 at initialisation, 0.069 after 24 steps), and the report says "not shown".
+    Measured: here 0.054 (random) → 0.086; the sample preset's 120 steps on its data 0.018 → 0.155.
     """
     root, out, init = byol_run
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                          for p in sorted((root / "p1_data" / "office" / "val").glob("*.jpg"))[:128]])
+    view1, view2 = batch_views(32, seed=123)
+    a, b = view1(images), view2(images)
+
+    def gap(net: torch.nn.Module) -> float:
+        with torch.no_grad():
+            cos = torch.nn.functional.normalize(net(a), dim=1) @ torch.nn.functional.normalize(net(b), dim=1).T
+        n = len(cos)
+        return (cos.diagonal().mean() - (cos.sum() - cos.diagonal().sum()) / (n * n - n)).item()
+
+    random_gap, byol_gap = gap(_resnet18(init)), gap(_resnet18(torch.load(out / "backbone_last.pt", weights_only=True)))
+    assert byol_gap > 1.5 * random_gap and byol_gap > random_gap + 0.02, (random_gap, byol_gap)
+
+
+def test_byol_knn_monitor_measures_the_exported_backbone(byol_run: tuple[Path, Path, dict]) -> None:
+    """log.csv's knn_acc is cosine kNN (k=20), Office-Home train → val at 32 px, of backbone_last.pt."""
+    root, out, _ = byol_run
     tf = data.classify_eval_transform(32)
     train_set, val_set = data.office_dataset(root, "train", tf), data.office_dataset(root, "val", tf)
-
-    def knn(state: dict[str, torch.Tensor]) -> float:
-        net = torchvision.models.resnet18()
-        net.fc = torch.nn.Identity()
-        net.load_state_dict(state)
-        net.eval()
-        return knn_accuracy(*loading.extract_features(net, train_set, torch.device("cpu")),
-                            *loading.extract_features(net, val_set, torch.device("cpu")))
-
-    random_acc, byol_acc = knn(init), knn(torch.load(out / "backbone_last.pt", weights_only=True))
+    net = _resnet18(torch.load(out / "backbone_last.pt", weights_only=True))
+    acc = knn_accuracy(*loading.extract_features(net, train_set, torch.device("cpu")),
+                       *loading.extract_features(net, val_set, torch.device("cpu")))
     assert len(val_set) == 260
-    assert byol_acc >= random_acc + MARGIN, (random_acc, byol_acc)
     with open(out / "log.csv", newline="") as f:
         logged = float(list(csv.DictReader(f))[-1]["knn_acc"])
-    assert logged == pytest.approx(byol_acc, abs=1e-4)  # the script's own monitor measures the same thing
+    assert logged == pytest.approx(acc, abs=1e-4)
 
 
 def test_byol_backbone_files_load_into_torchvision(byol_run: tuple[Path, Path, dict]) -> None:
