@@ -138,6 +138,14 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 # ---------------------------------------------------------------- the run
 
 
+def _check_batch_norm_batch(arch: str, model_options: dict, images_per_step: int) -> None:
+    """Batch norm in training mode cannot normalise one image: DeepLabV3 and FCN32s on vgg16_bn need 2 or more."""
+    batch_norm = arch != "fcn32s" or model_options.get("vgg") == "vgg16_bn"
+    if batch_norm and images_per_step < 2:
+        raise UserError("--batch-size", f"{arch}'s batch norm needs at least 2 training images per process and step",
+                        "use --batch-size 2 or more per process")
+
+
 def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weight: float = 0.0,
           model_options: dict | None = None) -> list[dict]:
     """Build data, model and `engine.Task`, run `engine.fit`; `model_options` (FCN32s's `fc_width` and `vgg`) also
@@ -152,10 +160,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
     loader = loading.make_loader(train_set, args.batch_size, train=True, **kw)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, **kw)
-    batch_norm = arch != "fcn32s" or model_options.get("vgg") == "vgg16_bn"
-    if batch_norm and min(loader.sampler.local_batch, len(train_set) // dist.world_size) < 2:
-        raise UserError("--batch-size", f"{arch}'s batch norm needs at least 2 training images per process and step",
-                        "use --batch-size 2 or more per process")
+    _check_batch_norm_batch(arch, model_options, min(loader.sampler.local_batch, len(train_set) // dist.world_size))
 
     model = build_seg_model(arch, args.weights, aux=aux_weight > 0, **model_options)
     prec = precision.resolve(args.precision, device)
