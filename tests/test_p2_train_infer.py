@@ -117,7 +117,7 @@ def test_hw1_2_sh_usage():
 
 
 @pytest.mark.parametrize("case", ["no images", "mask missing", "size mismatch", "no images to predict",
-                                  "checkpoint of the other model"])
+                                  "checkpoint of the other model", "batch norm with one image a step"])
 def test_bad_input_is_one_error_line(case, tiny_data, tmp_path, capsys):
     root = small_p2_root(tiny_data, tmp_path / "data", train=2, val=1)
     train = root / "p2_data" / "train"
@@ -138,6 +138,9 @@ def test_bad_input_is_one_error_line(case, tiny_data, tmp_path, capsys):
         empty.mkdir()
         main, argv = p2_inference.main, [str(empty), str(tmp_path / "masks"), "--device", "cpu"]
         expected = f"error: {empty}: no xxxx_sat.jpg images in this folder — check the path"
+    elif case == "batch norm with one image a step":  # plain VGG16 trains on one image a step; vgg16_bn cannot
+        argv += ["--batch-size", "1", "--vgg", "vgg16_bn"]
+        expected = "error: --batch-size: fcn32s's batch norm needs at least 2 training images per process and step"
     else:  # a Problem 1 classifier checkpoint handed to Problem 2 inference
         classifier = tmp_path / "p1.pt"
         checkpoint.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50", "num_classes": 65}})
