@@ -66,8 +66,23 @@ def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, s
     return torch.cat(out)
 
 
+@torch.no_grad()
+def view_gap(fn: Callable[[torch.Tensor], torch.Tensor], first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean cosine of two views of one image minus that of views of different images, over `fn`'s features.
+
+    BYOL trains for the first to be high without the second following (a collapse raises both); a random
+    network already has some gap. It says nothing of classes: that is the kNN accuracy's job.
+    """
+    with torch.autocast(first.device.type, enabled=False):
+        cos = F.normalize(fn(first).float(), dim=1) @ F.normalize(fn(second).float(), dim=1).T
+    n = len(cos)
+    same = cos.diagonal().mean()
+    return (same - (cos.sum() - cos.diagonal().sum()) / max(1, n * n - n)).item()
+
+
 def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.device, memory_format: torch.memory_format):
-    """Cosine kNN accuracy, Office-Home train → val, of a backbone's pooled features (None without the data).
+    """Cosine kNN accuracy, Office-Home train → val, of a backbone's pooled features (None without the data),
+    and `view_gap`: BYOL's own aim, measured on the backbone (see `view_gap`).
 
     The images are decoded once (the cache, or here when it is off) and kept on the training device as
     uint8; each evaluation only runs the backbone over them: no decoding, no loader workers.
@@ -82,12 +97,15 @@ def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.
         listed = data.office_dataset(args.data_root, split, None)
         images = cache.decoded_images(args, listed.paths, f"office_{split}", is_main=dist.is_main, barrier=barrier)
         sets.append((images.to(device), torch.tensor(listed.labels, device=device)))
+    # The same two BYOL views of up to 256 val images at every evaluation (a fixed seed), so the curve moves with the network only.
+    first_view, second_view = batch_views(args.image_size, seed=args.seed, memory_format=memory_format)
+    view_pair = [view(sets[1][0][:256]) for view in (first_view, second_view)]
 
     def evaluate(backbone: torch.nn.Module) -> dict:
         (train_x, train_y), (val_x, val_y) = sets
         pooled = functools.partial(pooled_features, backbone)  # not the supervised net's class logits
         train_f, val_f = (features(pooled, x, args.image_size, memory_format=memory_format) for x in (train_x, val_x))
-        return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)}
+        return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k), "view_gap": view_gap(pooled, *view_pair)}
 
     return evaluate
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
-from .report_data import (P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, collect_results, model_summary,
+from .report_data import (P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
                           p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
 from .report_figures import Figures, compare_runs, progress_figure
 
@@ -89,6 +89,11 @@ def p1_table(layout: Layout) -> list[str]:
     if "E0" in accs:
         md.append("\nE0 is a control, not in the reference report: the linear probe of D/E on a frozen, randomly "
                   "initialised backbone. E − E0 is what BYOL's features add over random ones.")
+    if (gap := byol_monitor(layout, "view_gap")):
+        md.append(f"\nWhat BYOL trains for, on its backbone: the cosine of two BYOL views of one Office-Home val image "
+                  f"minus that of views of different images (`view_gap` in its log) went from {gap[0]:.4f} at the "
+                  f"first evaluation to {gap[1]:.4f} at the last. A rise says the objective is being learned; "
+                  f"whether that ranks classes is what the kNN monitor and E − E0 say.")
     md.append("")
     return md
 

@@ -112,10 +112,10 @@ def p1_accuracies(layout: Layout) -> dict[str, dict]:
     return found
 
 
-def byol_knn(layout: Layout) -> tuple[float, float] | None:
-    """The BYOL kNN monitor at its first and last evaluation (None without two evaluations)."""
-    accs = [v for v in (to_float(r.get("knn_acc")) for r in csv_rows(layout.pretrain_byol / "log.csv")) if not math.isnan(v)]
-    return (accs[0], accs[-1]) if len(accs) >= 2 else None
+def byol_monitor(layout: Layout, column: str = "knn_acc") -> tuple[float, float] | None:
+    """A BYOL monitor column (knn_acc, view_gap) at its first and last evaluation (None without two)."""
+    values = [v for v in (to_float(r.get(column)) for r in csv_rows(layout.pretrain_byol / "log.csv")) if not math.isnan(v)]
+    return (values[0], values[-1]) if len(values) >= 2 else None
 
 
 def parse_mean_iou(path: Path) -> tuple[list[float], float] | None:
@@ -173,8 +173,10 @@ def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> 
           if s in P1_SETTINGS and not math.isnan(a["final"])}
     if p1:
         results["p1"] = {s: p1[s] for s in P1_SETTINGS if s in p1}
-    if (knn := byol_knn(layout)):
+    if (knn := byol_monitor(layout)):
         results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}
+        if (gap := byol_monitor(layout, "view_gap")):
+            results["byol"].update(view_gap_first=gap[0], view_gap_last=gap[1])
     if (scores := tsne_scores(layout)) and len(checkpoints := scores["checkpoints"]) >= 2:
         results["tsne"] = {k: {"silhouette": c["silhouette_2d"], "knn_acc": c["knn_acc"]}
                            for k, c in (("first", checkpoints[0]), ("last", checkpoints[-1]))}

@@ -102,7 +102,8 @@ def byol_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(p1_pretrain.engine, "fit", fit_from_recorded_init)
         p1_pretrain.main(["--data-root", str(root), "--out", str(root / "run"), *P1_SMALL, "--device", "cpu",
-                          "--batch-size", "32", "--epochs", "4", "--lr", "1e-3", "--warmup-steps", "4", "--projection-hidden-size", "256", "--no-cache"])
+                          "--batch-size", "32", "--epochs", "4", "--lr", "1e-3", "--warmup-steps", "4",
+                          "--projection-hidden-size", "256", "--no-cache", "--eval-every", "1"])
     return root, root / "run", init
 
 
@@ -136,14 +137,12 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
     view1, view2 = batch_views(32, seed=123)
     a, b = view1(images), view2(images)
 
-    def gap(net: torch.nn.Module) -> float:
-        with torch.no_grad():
-            cos = torch.nn.functional.normalize(net(a), dim=1) @ torch.nn.functional.normalize(net(b), dim=1).T
-        n = len(cos)
-        return (cos.diagonal().mean() - (cos.sum() - cos.diagonal().sum()) / (n * n - n)).item()
-
-    random_gap, byol_gap = gap(_resnet18(init)), gap(_resnet18(torch.load(out / "backbone_last.pt", weights_only=True)))
+    random_gap, byol_gap = (p1_pretrain.view_gap(_resnet18(state), a, b)
+                            for state in (init, torch.load(out / "backbone_last.pt", weights_only=True)))
     assert byol_gap >= random_gap + 0.02, (random_gap, byol_gap)
+    with open(out / "log.csv", newline="") as f:
+        logged = [float(r["view_gap"]) for r in csv.DictReader(f)]
+    assert len(logged) == 4 and logged[-1] > logged[0], logged  # the script's own monitor sees it rise too
 
 
 def test_byol_knn_monitor_measures_the_exported_backbone(byol_run: tuple[Path, Path, dict]) -> None:
