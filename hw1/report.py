@@ -18,7 +18,7 @@ import numpy as np
 from . import findings, io
 from .report_data import (P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
                           p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
-from .report_figures import Figures, compare_runs, progress_figure
+from .report_figures import Figures, class_montage, compare_runs, progress_figure
 
 
 @dataclass
@@ -65,6 +65,17 @@ def header(layout: Layout, info: ReportInfo, stages: dict[str, dict]) -> list[st
                      f"{len(stages)} stages run" + (f" ({skipped} were done before and skipped)" if skipped else ""))
     md.append("\n".join(f"- {f}" for f in facts) + "\n")
     return md
+
+
+def sample_classes(info: ReportInfo, figs: Figures) -> list[str]:
+    """What the sample data's Office-Home classes look like (sample runs only: the course data is not ours to show)."""
+    office = Path(info.data_root) / "p1_data" / "office"
+    if not info.sample_data or not class_montage(figs.dir / "sample_office_classes.png", office):
+        return []
+    return ["### The sample data's classes\n",
+            "One Office-Home-layout training image per class, classes 0–64 left to right, top to bottom. A class "
+            "is a shape and a fill pattern; colour, position, size and tilt are drawn per image and say nothing "
+            "of the class.\n", "![sample Office-Home classes](sample_office_classes.png)\n"]
 
 
 def p1_table(layout: Layout) -> list[str]:
@@ -248,7 +259,7 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
     results = collect_results(layout, info.preset, info.wall_seconds)
     labels = p2_labels(layout)
     md = [*header(layout, info, stages), *findings.markdown(results["findings"]),
-          *p1_table(layout), *p1_curves(layout, figs), *tsne(layout, figs),
+          *p1_table(layout), *sample_classes(info, figs), *p1_curves(layout, figs), *tsne(layout, figs),
           *p2_table(layout, labels), *p2_figures(layout, figs, labels, info.data_root), *sam(layout, figs),
           *architectures(layout, figs, info.model_names), *commands(layout, stages)]
     io.write_json(report_dir / "results.json", results)

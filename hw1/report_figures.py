@@ -84,3 +84,22 @@ def progress_figure(path: Path, snapshots: Path, val_dir: Path) -> bool:
     cols = ["image", "ground truth"] + [f"{t} (epoch {epochs.get(t, '?')})" for t in PROGRESS_TAGS]
     viz.save_image_grid(path, rows, names, cols)
     return True
+
+
+def class_montage(path: Path, office: Path, side: int = 64, per_row: int = 13) -> bool:
+    """One Office-Home training image per class (the first listed), `per_row` classes a row, labels in order."""
+    from PIL import Image
+
+    first: dict[int, Path] = {}
+    for row in csv_rows(office / "train.csv"):
+        first.setdefault(int(row["label"]), office / "train" / row["filename"])
+    if not first:
+        return False
+    labels = sorted(first)
+    n_rows = math.ceil(len(labels) / per_row)
+    montage = Image.new("RGB", (per_row * side, n_rows * side), "white")
+    for i, label in enumerate(labels):
+        montage.paste(load_rgb(first[label]).resize((side, side)), ((i % per_row) * side, (i // per_row) * side))
+    with io.atomic_path(path) as tmp:
+        montage.save(tmp, format="PNG")
+    return True

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import reproduce
 from hw1 import engine, io, viz
@@ -42,7 +43,8 @@ def fabricate_runs(layout: Layout, data_root: Path) -> None:
     rng = np.random.default_rng(0)
     for epoch in (1, 2, 3):
         io.append_csv_row(layout.pretrain_byol / "log.csv", {"epoch": epoch, "step": 12 * epoch, "train_loss": 4.0 - epoch,
-                                                            "lr": 1e-4, "seconds": 1.0, "knn_acc": 0.1 * epoch})
+                                                            "lr": 1e-4, "seconds": 1.0, "knn_acc": 0.1 * epoch,
+                                                            "view_gap": 0.05 * epoch})
     for i, setting in enumerate(P1_SETTINGS):
         for epoch in (1, 2):
             io.append_csv_row(layout.finetune(setting) / "log.csv", {"epoch": epoch, "step": epoch, "train_loss": 1.0,
@@ -91,7 +93,10 @@ def test_report_from_fabricated_runs_has_numbers_and_resolving_png_links(tiny_da
     assert "| E0 | none (random initialisation) | classifier only | none (control) | 0.5200 | 0.5200 | 2 |" in text
     assert "| A: VGG16-FCN32s | 0.7008 | 0.3500 | 0.1000 | 0.2000 | 0.3000 | 0.4000 | 0.5000 | 0.6000 |" in text
     assert "silhouette changes by +0.3000" in text
-    assert {"progress_fcn32s.png", "progress_deeplabv3.png", "sam_0013_sam.png", "tsne_side_by_side.png",
+    assert "(`view_gap` in its log) went from 0.0500 at the first evaluation to 0.1500 at the last" in text
+    with Image.open(report.parent / "sample_office_classes.png") as montage:  # 65 classes, 13 a row, 64 px each
+        assert montage.size == (13 * 64, 5 * 64)
+    assert {"sample_office_classes.png", "progress_fcn32s.png", "progress_deeplabv3.png", "sam_0013_sam.png", "tsne_side_by_side.png",
             "curves_pretrain_byol.png", "curves_finetune_val_acc.png", "curves_p2_deeplabv3.png"} <= set(image_links(text))
     assert "python p1_finetune.py --setting A" in text and "(model_fcn32s.txt)" in text
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
@@ -124,7 +129,8 @@ def test_results_json_holds_the_tables_numbers_and_leaves_out_stages_that_did_no
     assert list(results["p1"]) == ["A", "B", "C", "D", "E", "E0"]
     assert results["p1"]["A"] == {"val_acc": 0.02, "best_val_acc": 0.02}
     assert results["p1"]["E"]["val_acc"] == pytest.approx(0.42)
-    assert results["byol"] == {"knn_first": 0.1, "knn_last": pytest.approx(0.3)}
+    assert results["byol"] == {"knn_first": 0.1, "knn_last": pytest.approx(0.3), "view_gap_first": 0.05,
+                               "view_gap_last": pytest.approx(0.15)}
     assert results["tsne"] == {"first": {"silhouette": -0.2, "knn_acc": 0.3}, "last": {"silhouette": 0.1, "knn_acc": 0.5}}
     assert results["p2"]["fcn32s"]["miou"] == 0.35
     assert results["p2"]["deeplabv3"]["iou"] == {c: pytest.approx(0.1 * (i + 1)) for i, c in enumerate(SEG_CLASSES)}
