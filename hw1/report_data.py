@@ -174,9 +174,7 @@ def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> 
     if p1:
         results["p1"] = {s: p1[s] for s in P1_SETTINGS if s in p1}
     if (knn := byol_monitor(layout)):
-        results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}
-        if (gap := byol_monitor(layout, "view_gap")):
-            results["byol"].update(view_gap_first=gap[0], view_gap_last=gap[1])
+        results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}  # SPEC §8's keys only (view_gap: the report and log.csv)
     if (scores := tsne_scores(layout)) and len(checkpoints := scores["checkpoints"]) >= 2:
         results["tsne"] = {k: {"silhouette": c["silhouette_2d"], "knn_acc": c["knn_acc"]}
                            for k, c in (("first", checkpoints[0]), ("last", checkpoints[-1]))}

@@ -129,8 +129,7 @@ def test_results_json_holds_the_tables_numbers_and_leaves_out_stages_that_did_no
     assert list(results["p1"]) == ["A", "B", "C", "D", "E", "E0"]
     assert results["p1"]["A"] == {"val_acc": 0.02, "best_val_acc": 0.02}
     assert results["p1"]["E"]["val_acc"] == pytest.approx(0.42)
-    assert results["byol"] == {"knn_first": 0.1, "knn_last": pytest.approx(0.3), "view_gap_first": 0.05,
-                               "view_gap_last": pytest.approx(0.15)}
+    assert results["byol"] == {"knn_first": 0.1, "knn_last": pytest.approx(0.3)}  # SPEC §8: no view_gap here
     assert results["tsne"] == {"first": {"silhouette": -0.2, "knn_acc": 0.3}, "last": {"silhouette": 0.1, "knn_acc": 0.5}}
     assert results["p2"]["fcn32s"]["miou"] == 0.35
     assert results["p2"]["deeplabv3"]["iou"] == {c: pytest.approx(0.1 * (i + 1)) for i, c in enumerate(SEG_CLASSES)}
