@@ -138,10 +138,9 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 # ---------------------------------------------------------------- the run
 
 
-def _check_batch_norm_batch(arch: str, model_options: dict, images_per_step: int) -> None:
-    """Batch norm in training mode cannot normalise one image: DeepLabV3 and FCN32s on vgg16_bn need 2 or more."""
-    batch_norm = arch != "fcn32s" or model_options.get("vgg") == "vgg16_bn"
-    if batch_norm and images_per_step < 2:
+def _check_batch_norm_batch(model: nn.Module, arch: str, images_per_step: int) -> None:
+    """Batch norm in training mode cannot normalise one image: a model with any (DeepLabV3, FCN32s on vgg16_bn) needs 2."""
+    if images_per_step < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError("--batch-size", f"{arch}'s batch norm needs at least 2 training images per process and step",
                         "use --batch-size 2 or more per process")
 
@@ -160,9 +159,8 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
     loader = loading.make_loader(train_set, args.batch_size, train=True, **kw)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, **kw)
-    _check_batch_norm_batch(arch, model_options, min(loader.sampler.local_batch, len(train_set) // dist.world_size))
-
     model = build_seg_model(arch, args.weights, aux=aux_weight > 0, **model_options)
+    _check_batch_norm_batch(model, arch, min(loader.sampler.local_batch, len(train_set) // dist.world_size))
     prec = precision.resolve(args.precision, device)
     model = model.to(device, memory_format=prec.memory_format)
 
