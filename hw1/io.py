@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,6 +44,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        if _disk_full(path.parent, err):  # torch.save reports a full disk as a zip-writer RuntimeError
+            raise UserError(path, "not written: the disk is full (the previous file, if any, is kept)",
+                            "free some space, or pass --out on a disk with room") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -80,6 +87,15 @@ def append_csv_row(path: str | os.PathLike, row: dict) -> None:
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _disk_full(folder: Path, err: Exception) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
 
 
 def _unwritable(folder: Path, err: OSError) -> UserError:

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,37 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The most the suite holds under the temp folder at once (measured: see pytest.ini), with room to spare.
+DISK_NEEDED_GB = 3.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A full disk fails every checkpoint write, deep inside torch.save: say so once, before any test runs."""
+    where = Path(session.config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free_gb = shutil.disk_usage(where).free / 1e9
+    if free_gb < DISK_NEEDED_GB:
+        pytest.exit(f"error: {where}: {free_gb:.1f} GB free, the tests write checkpoints and need about "
+                    f"{DISK_NEEDED_GB:.0f} GB; free some space, or point TMPDIR (or --basetemp) at a disk with room",
+                    returncode=1)
+
+
+@contextmanager
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A folder for a module- or session-scoped fixture, removed when the fixture ends: the fixtures'
+    checkpoints would otherwise add up to GBs by the end of a run."""
+    path = tmp_path_factory.mktemp(name)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_checkpoints(folder: Path, keep: tuple[str, ...]) -> None:
+    """Delete the run's checkpoints that the fixture's users never read (each is tens of MB)."""
+    for path in folder.glob("*.pt"):
+        if path.name not in keep:
+            path.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -28,37 +63,40 @@ P1_LEARN_EPOCHS = 10
 
 
 @pytest.fixture(scope="session")
-def p1_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def p1_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A resnet18 BYOL backbone file (`backbone_last.pt`) from a two-step pre-training run on the tiny data."""
     import p1_pretrain
 
-    out = tmp_path_factory.mktemp("p1_pretrain")
-    p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "32",
-                      "--epochs", "1", "--max-steps", "2", "--projection-hidden-size", "256"])
-    return out / "backbone_last.pt"
+    with fixture_dir(tmp_path_factory, "p1_pretrain") as out:
+        p1_pretrain.main(["--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
+                          "--batch-size", "32", "--epochs", "1", "--max-steps", "2", "--projection-hidden-size", "256"])
+        drop_checkpoints(out, keep=("last.pt", "backbone_last.pt"))
+        yield out / "backbone_last.pt"
 
 
 @pytest.fixture(scope="session")
-def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A resnet18 Office-Home classifier (`best.pt`): setting A, 10 epochs at lr 2e-3 on the tiny data (it learns)."""
     import p1_finetune
 
-    out = tmp_path_factory.mktemp("p1_finetune_A")
-    p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
-                      "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3",
-                      "--results", str(out / "results.csv")])
-    return out / "best.pt"
+    with fixture_dir(tmp_path_factory, "p1_finetune_A") as out:
+        p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
+                          "--device", "cpu", "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3",
+                          "--results", str(out / "results.csv")])
+        drop_checkpoints(out, keep=("best.pt",))
+        yield out / "best.pt"
 
 
 @pytest.fixture(scope="session")
-def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A resnet18 backbone file from `p1_pretrain.py --method supervised` (labels from the Mini-ImageNet names)."""
     import p1_pretrain
 
-    out = tmp_path_factory.mktemp("p1_supervised")
-    p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL, "--device", "cpu",
-                      "--batch-size", "32", "--epochs", "1", "--max-steps", "2"])
-    return out / "backbone_last.pt"
+    with fixture_dir(tmp_path_factory, "p1_supervised") as out:
+        p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
+                          "--device", "cpu", "--batch-size", "32", "--epochs", "1", "--max-steps", "2"])
+        drop_checkpoints(out, keep=("last.pt", "backbone_first.pt", "backbone_last.pt"))
+        yield out / "backbone_last.pt"
 
 
 # ---------------------------------------------------------------- Problem 2: a model for inference tests

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 import p1_finetune
+from conftest import fixture_dir
 from hw1.distributed import Dist
 from hw1.loading import EpochSampler
 from hw1.models import backbone_state, build_resnet
@@ -70,19 +72,20 @@ def test_sampler_splits_the_global_batch_across_ranks():
 
 
 @pytest.fixture(scope="module")
-def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_p1_root(tiny_data, tmp_path_factory.mktemp("ddp_data"))
+def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with fixture_dir(tmp_path_factory, "ddp_data") as tmp:
+        yield small_p1_root(tiny_data, tmp)
 
 
 @pytest.fixture(scope="module")
-def byol_launch(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict], dict, str]:
+def byol_launch(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, list[dict], dict, str]]:
     """One torchrun launch: the gloo checks of tests/ddp_checks.py, then BYOL pre-training in the same ranks."""
-    tmp = tmp_path_factory.mktemp("ddp_byol")
-    out = tmp / "out"
-    log, writes, stdout = torchrun("p1_pretrain.py", [
-        "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--projection-size", "32",
-        "--projection-hidden-size", "64", "--data-root", str(p1_root), "--out", str(out), *SMALL], tmp, checks=True)
-    return tmp, out, log, writes, stdout
+    with fixture_dir(tmp_path_factory, "ddp_byol") as tmp:
+        out = tmp / "out"
+        log, writes, stdout = torchrun("p1_pretrain.py", [
+            "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--projection-size", "32",
+            "--projection-hidden-size", "64", "--data-root", str(p1_root), "--out", str(out), *SMALL], tmp, checks=True)
+        yield tmp, out, log, writes, stdout
 
 
 def test_global_batchnorm_byol_heads_and_stop_agreement_under_two_gloo_ranks(byol_launch):

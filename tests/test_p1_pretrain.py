@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 import p1_pretrain
-from conftest import P1_SMALL
+from conftest import P1_SMALL, fixture_dir
 from hw1 import checkpoint, data, distributed, engine, io, loading
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
@@ -85,26 +86,26 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def byol_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+def byol_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, dict[str, torch.Tensor]]]:
     """BYOL for 4 epochs = 24 steps at the sample preset's lr (1e-3; the recipe's 1e-4 barely moves in 24
     steps), on sample data with 4 val images a class (260, for the kNN monitor). Returns (data root,
     run folder, the backbone's state as training received it: the random initialisation BYOL starts from).
     """
-    root = tmp_path_factory.mktemp("byol_data")
-    write_p1(root, mini_per_class=3, office_train_per_class=3, office_val_per_class=4, size=64)
-    init: dict[str, torch.Tensor] = {}
-    real_fit = engine.fit
+    with fixture_dir(tmp_path_factory, "byol_data") as root:
+        write_p1(root, mini_per_class=3, office_train_per_class=3, office_val_per_class=4, size=64)
+        init: dict[str, torch.Tensor] = {}
+        real_fit = engine.fit
 
-    def fit_from_recorded_init(args, task, *rest):
-        init.update({k: v.detach().clone() for k, v in task.model.net.state_dict().items()})
-        return real_fit(args, task, *rest)
+        def fit_from_recorded_init(args, task, *rest):
+            init.update({k: v.detach().clone() for k, v in task.model.net.state_dict().items()})
+            return real_fit(args, task, *rest)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(p1_pretrain.engine, "fit", fit_from_recorded_init)
-        p1_pretrain.main(["--data-root", str(root), "--out", str(root / "run"), *P1_SMALL, "--device", "cpu",
-                          "--batch-size", "32", "--epochs", "4", "--lr", "1e-3", "--warmup-steps", "4",
-                          "--projection-hidden-size", "256", "--no-cache", "--eval-every", "1"])
-    return root, root / "run", init
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(p1_pretrain.engine, "fit", fit_from_recorded_init)
+            p1_pretrain.main(["--data-root", str(root), "--out", str(root / "run"), *P1_SMALL, "--device", "cpu",
+                              "--batch-size", "32", "--epochs", "4", "--lr", "1e-3", "--warmup-steps", "4",
+                              "--projection-hidden-size", "256", "--no-cache", "--eval-every", "1"])
+        yield root, root / "run", init
 
 
 def test_byol_reduces_its_loss(byol_run: tuple[Path, Path, dict]) -> None:

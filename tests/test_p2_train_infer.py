@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import mean_iou
 import p2_inference
 import p2_train_deeplab
 import p2_train_fcn32
+from conftest import fixture_dir
 from hw1 import checkpoint, io
 from hw1.errors import run_main
 from hw1.seg_data import CLASS_COLOURS, CLASS_NAMES, SNAPSHOT_STEMS, SatMaskDataset, collate, find_pairs
@@ -35,12 +37,12 @@ SHORT_RUN = ["--arch", ARCH, "--image-size", str(SIZE), "--batch-size", "4", "--
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """OUT of a short p2_train_deeplab.py run on the tiny sample data."""
-    out = tmp_path_factory.mktemp("p2_deeplab")
-    p2_train_deeplab.main(["--data-root", str(tiny_data), "--out", str(out), "--results", str(out / "results.csv"),
-                           *CPU, *SHORT_RUN])
-    return out
+    with fixture_dir(tmp_path_factory, "p2_deeplab") as out:
+        p2_train_deeplab.main(["--data-root", str(tiny_data), "--out", str(out), "--results", str(out / "results.csv"),
+                               *CPU, *SHORT_RUN])
+        yield out
 
 
 def only_map_colours(path: Path) -> bool:

@@ -9,11 +9,13 @@ reliably lands in epoch 2 after its first step; the reference and the resumed ru
 from __future__ import annotations
 
 import os
+import errno
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,9 @@ from PIL import Image
 import p1_finetune
 import p1_pretrain
 import p2_inference
+from conftest import drop_checkpoints, fixture_dir
 from hw1 import checkpoint, distributed, io, loading
-from hw1.errors import run_main
+from hw1.errors import UserError, run_main
 from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
 
 COMMON = ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
@@ -83,15 +86,17 @@ def interrupt_in_epoch_2(script: str, argv: list[str], sig: signal.Signals, tmp:
 
 
 @pytest.fixture(scope="module")
-def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_p1_root(tiny_data, tmp_path_factory.mktemp("resume_data"))
+def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with fixture_dir(tmp_path_factory, "resume_data") as tmp:
+        yield small_p1_root(tiny_data, tmp)
 
 
 @pytest.fixture(scope="module")
-def finetune_reference(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("finetune_ref")
-    train_in_process(p1_finetune.main, finetune_args(p1_root, out))
-    return out / "last.pt"
+def finetune_reference(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with fixture_dir(tmp_path_factory, "finetune_ref") as out:
+        train_in_process(p1_finetune.main, finetune_args(p1_root, out))
+        drop_checkpoints(out, keep=("last.pt",))
+        yield out / "last.pt"
 
 
 def test_sigkill_mid_epoch_then_resume_finetune_matches_uninterrupted(p1_root, finetune_reference, tmp_path):
@@ -194,6 +199,30 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path
     umask = os.umask(0)
     os.umask(umask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (table, ckpt))  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("failure", ["ENOSPC", "torch's zip writer"])
+def test_a_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(failure, tmp_path, monkeypatch):
+    """torch.save on a full disk raises OSError(ENOSPC) or, from its zip writer, a RuntimeError ("unexpected
+    pos ..."): both read as the disk being full, naming the file."""
+    ckpt = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.ones(3)}})
+
+    def full_disk_save(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK partial")
+        if failure == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(io.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 0))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8822848 vs 8822744")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
+    with pytest.raises(UserError) as err:
+        checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.zeros(3)}})
+    assert err.value.line().startswith(f"error: {ckpt}: not written: the disk is full"), err.value.line()
+    monkeypatch.undo()
+    assert torch.load(ckpt, weights_only=False)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
 def test_hw1_2_sh_never_leaves_a_partial_mask_and_a_rerun_overwrites_cleanly(tiny_data, seg_checkpoint, tmp_path, capsys):
