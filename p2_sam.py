@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw1 import data, distributed, io, viz
+from hw1 import data, distributed, io, precision, viz
 from hw1.errors import UserError, run_main
 
 REPORT_STEMS = ("0013", "0062", "0104")
@@ -38,6 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default="hw1_data", help="course data folder (default: %(default)s)")
     parser.add_argument("--out", default="runs/sam", help="overlays and sam_masks.json go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
+    precision.add_arg(parser)
     parser.add_argument("--points-per-side", type=int, default=32, help="prompt grid (default: %(default)s)")
     parser.add_argument("--points-per-batch", type=int, default=64, help="default: %(default)s")
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88, help="default: %(default)s")
@@ -100,6 +101,20 @@ def build_sam(checkpoint: str | None, model_type: str | None):
     return sam.eval()
 
 
+def autocast_image_encoder(sam, prec: precision.Precision) -> None:
+    """Run SAM's ViT image encoder (nearly all of its compute) under `prec`'s autocast. Only the encoder: the
+    mask generator hands the decoder's tensors to NumPy, which has no bf16."""
+    if prec.dtype is None:
+        return
+    plain_forward = sam.image_encoder.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with prec.autocast():
+            return plain_forward(x).float()
+
+    sam.image_encoder.forward = forward
+
+
 def default_images(data_root: str) -> list[Path]:
     folder = Path(data_root) / "p2_data" / "validation"
     found = [folder / f"{s}_sat.jpg" for s in REPORT_STEMS if (folder / f"{s}_sat.jpg").is_file()]
@@ -128,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         sam, model_name = build_sam(args.checkpoint, args.model_type), args.checkpoint
     device = distributed.setup_device(args.device)
     sam.to(device)
+    prec = precision.resolve(args.precision, device)
+    autocast_image_encoder(sam, prec)
+    print(f"SAM: {model_name} on {device}, image encoder in {prec.name}")
     from segment_anything import SamAutomaticMaskGenerator
 
     generator = SamAutomaticMaskGenerator(sam, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], "overlay": png.name,
                         "seconds": round(time.time() - t0, 2), "masks": [mask_record(m) for m in masks]})
         print(f"{path}: {len(masks)} masks in {time.time() - t0:.1f}s → {png}")
-    io.write_json(out / "sam_masks.json", {"model": model_name, "points_per_side": args.points_per_side,
+    io.write_json(out / "sam_masks.json", {"model": model_name, "precision": prec.name, "points_per_side": args.points_per_side,
                                            "pred_iou_thresh": args.pred_iou_thresh,
                                            "stability_score_thresh": args.stability_score_thresh, "images": results})
     print(f"masks: {out / 'sam_masks.json'}")

@@ -98,19 +98,36 @@ def test_mask_overlay_gives_each_mask_its_own_colour():
     assert tuple(out[0, 0]) != tuple(out[9, 9])              # two masks, two colours
 
 
-def test_sam_random_tiny_model_writes_overlays_and_json(tiny_data, tmp_path):
+@pytest.mark.parametrize("prec", ["auto", "bf16"])
+def test_sam_random_tiny_model_writes_overlays_and_json(prec, tiny_data, tmp_path):
+    """auto is fp32 on the CPU; bf16 runs the image encoder under CPU autocast, the GPU's path."""
     import p2_sam
 
     out = tmp_path / "sam"
     p2_sam.main(["--random-tiny", "--data-root", str(tiny_data), "--out", str(out), "--device", "cpu",
-                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
+                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                 "--precision", prec])
     result = json.loads((out / "sam_masks.json").read_text())
+    assert result["precision"] == {"auto": "fp32", "bf16": "bf16"}[prec]
     assert [Path(im["image"]).name for im in result["images"]] == ["0013_sat.jpg", "0062_sat.jpg", "0104_sat.jpg"]
     for im in result["images"]:
         assert is_png(out / im["overlay"])
         for m in im["masks"]:
             assert set(m) == {"area", "predicted_iou", "stability_score", "bbox"} and len(m["bbox"]) == 4
     assert any(im["masks"] for im in result["images"])
+
+
+def test_sam_image_encoder_computes_in_bf16_and_hands_fp32_to_the_decoder():
+    import p2_sam
+    from hw1.precision import Precision
+
+    sam = p2_sam.build_tiny_sam()
+    seen = []
+    sam.image_encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    p2_sam.autocast_image_encoder(sam, Precision("bf16", "cpu"))
+    with torch.inference_mode():
+        features = sam.image_encoder(torch.rand(1, 3, 128, 128))
+    assert seen == [torch.bfloat16] and features.dtype == torch.float32
 
 
 def test_sam_missing_checkpoint_is_one_line_naming_the_download(tiny_data, tmp_path, capsys):
