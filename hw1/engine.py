@@ -7,6 +7,7 @@ import datetime
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -180,11 +181,23 @@ def _step(run: TrainState, train_model: nn.Module, batch: Any) -> torch.Tensor:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)  # fp16: skipped while the scaled gradients hold inf/NaN
     run.scaler.update()
-    run.scheduler.step()
+    _advance_schedule(run)
     if task.after_step:
         task.after_step(run.step)
     run.step += 1
     return loss.detach().float()
+
+
+def _advance_schedule(run: TrainState) -> None:
+    """fp16: GradScaler skips the steps whose scaled gradients overflowed (the first few of a run, while it finds
+    its scale); the schedule advances on them too, by design, so that steps, warm-up and resume count alike.
+    torch warns about that as a misordered call: silenced for those runs only."""
+    if not run.scaler.is_enabled():
+        run.scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer")
+        run.scheduler.step()
 
 
 def _end_epoch(run: TrainState, epoch: int, done: _Epoch) -> dict:
