@@ -24,17 +24,15 @@ import torch.nn.functional as F
 from hw1 import cache, data, distributed, engine, io, loading, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
+from hw1.settings import SETTINGS
 
-SETTINGS = {  # setting: (needs a backbone, backbone frozen)
-    "A": (False, False), "B": (True, False), "C": (True, False), "D": (True, True), "E": (True, True),
-    "E0": (False, True),
-}
 OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
 
 
 def default_backbone(setting: str, data_root: str) -> Path:
     """B/D: the course's supervised backbone inside --data-root; C/E: our BYOL pre-training's export."""
-    return Path(data_root) / "p1_data" / "pretrain_model_SL.pt" if setting in ("B", "D") else Path(OUR_BACKBONE)
+    supervised = SETTINGS[setting].backbone == "supervised"
+    return Path(data_root) / "p1_data" / "pretrain_model_SL.pt" if supervised else Path(OUR_BACKBONE)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,9 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
-    needs_backbone, frozen = SETTINGS[args.setting]
-    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=frozen)
-    if not needs_backbone:
+    setting = SETTINGS[args.setting]
+    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=setting.frozen)
+    if not setting.needs_backbone:
         if args.backbone:
             raise UserError("--backbone", f"setting {args.setting} starts from random initialisation", "drop --backbone or pick B–E")
         return model, "none"

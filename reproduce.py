@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
-from hw1.presets import FROZEN, GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
-from hw1.report import P1_SETTINGS, Layout, ReportInfo, write_report  # noqa: E402
+from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
+from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
+from hw1.settings import SETTINGS  # noqa: E402
 from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
 
 
@@ -92,12 +93,13 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
         stages.append(_train("pre-train supervised", "p1_pretrain.py", layout.pretrain_supervised,
                              common + ["--method", "supervised"] + preset["supervised"], ["backbone_last.pt"], after))
         supervised, supervised_stage = layout.pretrain_supervised / "backbone_last.pt", ["pre-train supervised"]
-    for setting in P1_SETTINGS:  # A–E and the control E0 (a random backbone, as A)
-        backbone, needs = {"A": ([], []), "E0": ([], []), "B": ([supervised], supervised_stage), "D": ([supervised], supervised_stage)}.get(
-            setting, ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"]))
-        stages.append(_train(f"fine-tune {setting}", "p1_finetune.py", layout.finetune(setting),
-                             common + ["--setting", setting, *[a for b in backbone for a in ("--backbone", str(b))],
-                                       "--results", str(layout.p1_results)] + preset["probe" if setting in FROZEN else "finetune"],
+    sources = {"none": ([], []), "supervised": ([supervised], supervised_stage),
+               "byol": ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"])}
+    for name, setting in SETTINGS.items():  # A–E and the control E0 (a random backbone, as A)
+        backbone, needs = sources[setting.backbone]
+        stages.append(_train(f"fine-tune {name}", "p1_finetune.py", layout.finetune(name),
+                             common + ["--setting", name, *[a for b in backbone for a in ("--backbone", str(b))],
+                                       "--results", str(layout.p1_results)] + preset["probe" if setting.frozen else "finetune"],
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
     stages.append(Stage("t-SNE", _script("p1_tsne.py") + common + [

@@ -72,7 +72,6 @@ PRESETS: dict[str, dict] = {
                       "--epochs", "2", "--batch-size", "8", "--max-steps", "2", "--aux-weight", "0"],
     },
 }
-FROZEN = ("D", "E", "E0")  # settings whose backbone is frozen: a linear probe, with the preset's "probe" flags
 GIVEN_BACKBONE = Path("p1_data") / "pretrain_model_SL.pt"  # the course's supervised ResNet50 backbone
 MODEL_TREES = {"classifier": "ResNet50 classifier (settings A–E)", "fcn32s": "model A: VGG16-FCN32s",
                "deeplabv3": "model B: DeepLabV3-ResNet101"}

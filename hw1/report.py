@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
-from .report_data import (P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
+from .report_data import (P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
                           p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
 from .report_figures import Figures, class_montage, compare_runs, progress_figure
+from .settings import SETTINGS
 
 
 @dataclass
@@ -85,8 +86,8 @@ def p1_table(layout: Layout) -> list[str]:
           "| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) | epochs |",
           "|---|---|---|---|---|---|---|"]
     accs = p1_accuracies(layout)
-    for s, (pre, ft, ref) in P1_SETTINGS.items():
-        a = accs.get(s, {})
+    for s, setting in SETTINGS.items():
+        pre, ft, ref, a = setting.pretraining, setting.fine_tuning, setting.reference, accs.get(s, {})
         if ref is None and not a:  # the control has no reference number: without a run it has no row either
             continue
         if "given" in pre and a.get("backbone") and not a["backbone"].endswith("pretrain_model_SL.pt"):
@@ -117,9 +118,9 @@ def p1_curves(layout: Layout, figs: Figures) -> list[str]:
         if (link := figs.curves(log, f"curves_pretrain_{name}.png", title)):
             p1_figs.append((title, link))
     if compare_runs(figs.dir / "curves_finetune_val_acc.png",
-                    {s: layout.finetune(s) / "log.csv" for s in P1_SETTINGS}, "val_acc", "validation accuracy"):
+                    {s: layout.finetune(s) / "log.csv" for s in SETTINGS}, "val_acc", "validation accuracy"):
         p1_figs.append(("fine-tuning A–E and E0, validation accuracy per epoch", "curves_finetune_val_acc.png"))
-    for s in P1_SETTINGS:
+    for s in SETTINGS:
         if (link := figs.curves(layout.finetune(s) / "log.csv", f"curves_finetune_{s}.png", f"fine-tuning, setting {s}")):
             p1_figs.append((f"fine-tuning {s}", link))
     return _figure_list("### Training curves\n", p1_figs)

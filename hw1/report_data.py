@@ -12,17 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
+from .settings import SETTINGS
 
-# The reference report (SPEC §5): setting → (pre-training, fine-tuning, validation accuracy).
-P1_REFERENCE = {
-    "A": ("none", "full model", 0.4877),
-    "B": ("supervised (given backbone)", "full model", 0.5714),
-    "C": ("ours, BYOL, no labels", "full model", 0.5960),
-    "D": ("supervised (given backbone)", "classifier only", 0.2734),
-    "E": ("ours, BYOL, no labels", "classifier only", 0.3719),
-}
-# Every setting the report shows: the reference's five, and the control E0 (no reference number).
-P1_SETTINGS = {**P1_REFERENCE, "E0": ("none (random initialisation)", "classifier only", None)}
 P2_REFERENCE = {"fcn32s": ("A: VGG16-FCN32s", 0.7008), "deeplabv3": ("B: DeepLabV3-ResNet101, focal loss", 0.7597)}
 SEG_CLASSES = ("urban", "agriculture", "rangeland", "forest", "water", "barren")
 
@@ -103,7 +94,7 @@ def p1_accuracies(layout: Layout) -> dict[str, dict]:
     for row in csv_rows(layout.p1_results):
         found[row["setting"]] = {"final": to_float(row.get("val_acc")), "best": to_float(row.get("best_val_acc")),
                                  "epochs": row.get("epochs", ""), "backbone": row.get("backbone", "")}
-    for setting in P1_SETTINGS:
+    for setting in SETTINGS:
         log = csv_rows(layout.finetune(setting) / "log.csv")
         if setting not in found and log:
             accs = [to_float(r.get("val_acc")) for r in log]
@@ -170,9 +161,9 @@ def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> 
     if wall_seconds is not None:
         results["wall_s"] = round(wall_seconds, 1)
     p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in p1_accuracies(layout).items()
-          if s in P1_SETTINGS and not math.isnan(a["final"])}
+          if s in SETTINGS and not math.isnan(a["final"])}
     if p1:
-        results["p1"] = {s: p1[s] for s in P1_SETTINGS if s in p1}
+        results["p1"] = {s: p1[s] for s in SETTINGS if s in p1}
     if (knn := byol_monitor(layout)):
         results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}  # SPEC §8's keys only (view_gap: the report and log.csv)
     if (scores := tsne_scores(layout)) and len(checkpoints := scores["checkpoints"]) >= 2:

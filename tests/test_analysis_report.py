@@ -20,8 +20,9 @@ from PIL import Image
 
 import reproduce
 from hw1 import engine, io, viz
-from hw1.report import P1_SETTINGS, P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
+from hw1.report import P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
 from hw1.seg_data import write_mask
+from hw1.settings import SETTINGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,7 +46,7 @@ def fabricate_runs(layout: Layout, data_root: Path) -> None:
         io.append_csv_row(layout.pretrain_byol / "log.csv", {"epoch": epoch, "step": 12 * epoch, "train_loss": 4.0 - epoch,
                                                             "lr": 1e-4, "seconds": 1.0, "knn_acc": 0.1 * epoch,
                                                             "view_gap": 0.05 * epoch})
-    for i, setting in enumerate(P1_SETTINGS):
+    for i, setting in enumerate(SETTINGS):
         for epoch in (1, 2):
             io.append_csv_row(layout.finetune(setting) / "log.csv", {"epoch": epoch, "step": epoch, "train_loss": 1.0,
                                                                     "lr": 1e-4, "seconds": 1.0, "val_acc": 0.1 * i + 0.01 * epoch})
