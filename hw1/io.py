@@ -47,7 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except Exception as err:
         if _disk_full(path.parent, err):  # torch.save reports a full disk as a zip-writer RuntimeError
             raise UserError(path, "not written: the disk is full (the previous file, if any, is kept)",
-                            "free some space, or pass --out on a disk with room") from err
+                            "free some space there, or write the outputs to another disk") from err
         raise
     finally:
         if os.path.exists(tmp):
