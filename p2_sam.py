@@ -38,7 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default="hw1_data", help="course data folder (default: %(default)s)")
     parser.add_argument("--out", default="runs/sam", help="overlays and sam_masks.json go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
-    precision.add_arg(parser)
+    precision.add_arg(parser, help="SAM's image encoder: auto = bf16 autocast on GPUs with native bf16 (compute "
+                      "capability >= 8.0), fp16 on older GPUs, fp32 on the CPU; the mask decoder stays fp32 "
+                      "(default: %(default)s)")
     parser.add_argument("--points-per-side", type=int, default=32, help="prompt grid (default: %(default)s)")
     parser.add_argument("--points-per-batch", type=int, default=64, help="default: %(default)s")
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88, help="default: %(default)s")

@@ -76,14 +76,16 @@ def resolve(requested: str, device: torch.device, *, grading: bool = False) -> P
     return choose(requested, device.type, capability, grading=grading)
 
 
-def add_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, grading: bool = False) -> None:
-    """The `--precision` flag: training and analysis default to auto, grading inference to fp32."""
+def add_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, grading: bool = False,
+            help: str | None = None) -> None:
+    """The `--precision` flag: training and analysis default to auto, grading inference to fp32; `help`
+    replaces the training text where a script uses the choice differently."""
     if grading:
         parser.add_argument("--precision", choices=CHOICES, default="fp32",
                             help="fp32 (the default; auto also means fp32 here, so the grade never rests on a "
                                  "reduced-precision near-tie), bf16 or fp16 autocast (default: %(default)s)")
     else:
-        parser.add_argument("--precision", choices=CHOICES, default="auto",
-                            help="auto: bf16 autocast + channels_last on GPUs with native bf16 (compute capability "
-                                 ">= 8.0), fp16 autocast with gradient scaling on older GPUs, fp32 on the CPU; "
-                                 "bf16/fp16 on the CPU take the same path with CPU autocast (default: %(default)s)")
+        parser.add_argument("--precision", choices=CHOICES, default="auto", help=help or (
+            "auto: bf16 autocast + channels_last on GPUs with native bf16 (compute capability >= 8.0), fp16 "
+            "autocast with gradient scaling on older GPUs, fp32 on the CPU; bf16/fp16 on the CPU take the same "
+            "path with CPU autocast (default: %(default)s)"))

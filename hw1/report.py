@@ -90,7 +90,7 @@ def p1_table(layout: Layout) -> list[str]:
         pre, ft, ref, a = setting.pretraining, setting.fine_tuning, setting.reference, accs.get(s, {})
         if ref is None and not a:  # the control has no reference number: without a run it has no row either
             continue
-        if "given" in pre and a.get("backbone") and not a["backbone"].endswith("pretrain_model_SL.pt"):
+        if setting.backbone == "supervised" and a.get("backbone") and not a["backbone"].endswith("pretrain_model_SL.pt"):
             pre = "supervised (ours, Mini-ImageNet labels: the given backbone was absent)"
         reference = "none (control)" if ref is None else f"{ref:.4f}"
         md.append(f"| {s} | {pre} | {ft} | {reference} | {_fmt(a.get('final', math.nan))} | "
