@@ -8,8 +8,8 @@ reliably lands in epoch 2 after its first step; the reference and the resumed ru
 """
 from __future__ import annotations
 
-import os
 import errno
+import os
 import re
 import shutil
 import signal
@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -213,7 +214,7 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(failure
             out.write(b"PK partial")
         if failure == "ENOSPC":
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(io.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 0))
+        monkeypatch.setattr(io.shutil, "disk_usage", lambda _: SimpleNamespace(total=10**9, used=10**9, free=0))
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8822848 vs 8822744")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
