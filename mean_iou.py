@@ -5,6 +5,7 @@ All images are pooled; classes 0..5 are scored (Unknown-labelled pixels predicte
 against that class). Prints `class #i : IoU` per class, then `mean_iou: mIoU`.
 
     python mean_iou.py --pred runs/p2_pred --labels hw1_data/p2_data/validation
+    python mean_iou.py -g hw1_data/p2_data/validation -p runs/p2_pred     # the course evaluator's flags
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def mask_files(folder: str) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", required=True, help="folder of predicted xxxx_mask.png")
-    parser.add_argument("--labels", required=True, help="folder of ground-truth xxxx_mask.png")
+    parser.add_argument("-p", "--pred", required=True, help="folder of predicted xxxx_mask.png")
+    parser.add_argument("-g", "--labels", required=True, help="folder of ground-truth xxxx_mask.png")
     args = parser.parse_args(argv)
     preds, labels = mask_files(args.pred), mask_files(args.labels)
     if missing := sorted(labels.keys() - preds.keys()):

@@ -45,7 +45,7 @@ def checkpoint_path(arg: str | None) -> Path:
     path = Path(arg or os.environ.get("P1_CHECKPOINT") or DEFAULT_CHECKPOINT)
     if not path.is_file():
         raise UserError(path, "classifier checkpoint not found",
-                        "download it (hw1_download.sh), train one with p1_finetune.py, or set P1_CHECKPOINT / --checkpoint")
+                        "download it (bash hw1_download_ckpt.sh), train one with p1_finetune.py, or set P1_CHECKPOINT / --checkpoint")
     return path
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     path = checkpoint_path(args.checkpoint)  # input mistakes first, before any device notes
     rows = data.read_image_csv(args.csv, args.image_dir, need_labels=False)
     io.ensure_dir(Path(args.out).parent)  # an unwritable output fails now, not after the predictions
-    device = distributed.setup_device(args.device)
+    device = distributed.setup_device(args.device, exact=True)  # true fp32 (SPEC §9)
     prec = precision.resolve(args.precision, device, grading=True)
     model, meta = load_classifier(path, device, prec.memory_format)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from hw1 import cache, checkpoint, data, distributed, engine, loading, precision
+from hw1 import cache, checkpoint, compat, data, distributed, engine, loading, precision
 from hw1.byol import TargetEMA, TwoViews, build_byol
 from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--simplicial", action="store_true", help="byol-pytorch's simplicial embeddings (not BYOL; off)")
     parser.add_argument("--knn-k", type=int, default=20, help="k of the Office-Home kNN monitor (default: %(default)s)")
-    parser.add_argument("--gpu-aug", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--gpu-aug", action=compat.BooleanOptionalAction, default=None,
                         help="BYOL views as batched tensor ops on the training device, from uint8 batches "
                              "(default: on with CUDA); --no-gpu-aug: per-sample PIL/torchvision in the loader workers")
     parser.add_argument("--save-best", action="store_true",

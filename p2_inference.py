@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.checkpoint or os.environ.get("P2_CHECKPOINT") or DEFAULT_CHECKPOINT)
     pairs = find_pairs(args.image_dir, need_masks=False)
     out = io.ensure_dir(args.output_dir)  # created (or refused) before any work
-    device = distributed.setup_device(args.device)
+    device = distributed.setup_device(args.device, exact=True)  # true fp32 (SPEC §9)
     model, meta = model_from_checkpoint(path, checkpoint.load_checkpoint(path))
     prec = precision.resolve(args.precision, device, grading=True)
     model = model.to(device, memory_format=prec.memory_format).eval()

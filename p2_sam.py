@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hw1 import data, distributed, io, precision, viz
+from hw1.compat import strip_suffix
 from hw1.errors import UserError, run_main
 
 REPORT_STEMS = ("0013", "0062", "0104")
@@ -55,7 +56,7 @@ def _segment_anything():
         import segment_anything
     except ImportError as err:
         raise UserError("segment-anything", "the package is not installed",
-                        "pip install segment-anything==1.0 (it is in requirements.txt)") from err
+                        "pip install segment-anything==1.0 (in requirements.txt, not in the course's environment)") from err
     return segment_anything
 
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.inference_mode():
             masks = generator.generate(image)
         masks.sort(key=lambda m: -m["area"])
-        stem = path.stem.removesuffix("_sat")
+        stem = strip_suffix(path.stem, "_sat")
         png = viz.save_overlay(out / f"{stem}_sam.png", image, [m["segmentation"] for m in masks],
                                title=f"{stem}: {len(masks)} SAM masks")
         results.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], "overlay": png.name,

@@ -118,7 +118,7 @@ def p2_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
     val = data / "p2_data" / "validation"
     for model, trained_by in (("fcn32s", "train FCN32s"), ("deeplabv3", "train DeepLabV3")):
         stages.append(Stage(f"hw1_2.sh {model}", ["bash", str(ROOT / "hw1_2.sh"), str(val), str(layout.pred(model))],
-                            [layout.pred(model)], env={"P2_CHECKPOINT": str(layout.seg(model) / "best.pt")},
+                            [layout.pred(model)], env={"P2_CHECKPOINT": str(layout.seg(model) / "best.pt"), "HW1_PYTHON": PY},
                             needs=after + [trained_by]))
         stages.append(Stage(f"mean_iou {model}", _script("mean_iou.py") + ["--pred", str(layout.pred(model)), "--labels", str(val)],
                             [layout.miou(model)], stdout_file=layout.miou(model), needs=[f"hw1_2.sh {model}"]))

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import io
+from . import compat, io
 from .data import ImageListDataset, load_rgb
 from .errors import WARNINGS, UserError
 
@@ -33,7 +33,7 @@ HEADROOM = 256 * 2**20  # keep this much disk free after the cache is written
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--cache", action=compat.BooleanOptionalAction, default=None,
                         help="decode the images once into a memory-mapped uint8 cache (default: on when it fits on disk)")
     parser.add_argument("--cache-dir", default=None, help="where the cache lives (default: DATA_ROOT/.cache)")
 

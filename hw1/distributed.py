@@ -29,8 +29,9 @@ class Dist:
         return self.world_size > 1
 
 
-def setup_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` → CUDA when present; `cuda` without a GPU is a user error, not a crash deep inside."""
+def setup_device(name: str, local_rank: int = 0, *, exact: bool = False) -> torch.device:
+    """`auto` → CUDA when present; `cuda` without a GPU is a user error, not a crash deep inside. `exact` (grading):
+    true fp32 matmuls and convolutions (no TF32) and fixed cuDNN algorithms, so labels do not hang on a GPU's choice."""
     has_cuda = torch.cuda.is_available()
     if name == "cuda" and not has_cuda:
         raise UserError("--device cuda", "CUDA was requested but no GPU is visible", "use --device cpu or --device auto")
@@ -41,9 +42,9 @@ def setup_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     torch.cuda.set_device(local_rank)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not exact
+    torch.backends.cuda.matmul.allow_tf32 = not exact
+    torch.backends.cudnn.allow_tf32 = not exact
     return torch.device("cuda", local_rank)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, io, precision, stopping, train_state
+from . import checkpoint, compat, io, precision, stopping, train_state
 from .distributed import Dist, all_reduce_sum
 from .errors import WARNINGS, UserError
 from .loading import to_device
@@ -54,7 +54,7 @@ def add_common_args(
     g.add_argument("--warmup-steps", type=int, default=warmup_steps, help="linear warm-up iterations, then cosine (default: %(default)s)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last) (default: %(default)s)")
     precision.add_arg(g)
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model (default: off)")
+    g.add_argument("--compile", action=compat.BooleanOptionalAction, default=False, help="torch.compile the model (default: off)")
     g.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     g.add_argument("--print-model", action="store_true",
                    help="write the module tree and parameter counts to OUT/model.txt and stdout, then exit without training")

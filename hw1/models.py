@@ -8,6 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .checkpoint import load_weights
+from .compat import strip_prefix
 from .errors import UserError
 
 ARCHS = ("resnet50", "resnet18")
@@ -41,21 +43,18 @@ def load_backbone_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "backbone file not found", "pass --backbone FILE (see README: pre-training)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(path, f"not a readable weights file ({type(err).__name__})", "re-download or re-export it") from err
+    state = load_weights(path)
     if isinstance(state, dict) and "backbone" in state:
         state = state["backbone"]
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):
         model, online = state["model"], "online_encoder.net."
         if any(k.startswith(online) for k in model):  # BYOL: leave the target network and the heads
-            state = {k.removeprefix(online): v for k, v in model.items() if k.startswith(online)}
+            state = {strip_prefix(k, online): v for k, v in model.items() if k.startswith(online)}
         else:  # a supervised pre-training (a bare ResNet) or a classifier (`net.` inside Classifier)
-            state = {k.removeprefix("net."): v for k, v in model.items()}
+            state = {strip_prefix(k, "net."): v for k, v in model.items()}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(path, "does not hold a state_dict", "a backbone file is torchvision resnet50's state_dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {strip_prefix(k, "module."): v for k, v in state.items()}
 
 
 def load_backbone_into(model: torchvision.models.ResNet, path: str | os.PathLike, arch: str) -> None:

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 from torchvision.models import segmentation as tv_seg
 
+from .compat import strip_prefix
 from .errors import UserError
 from .seg_data import NUM_CLASSES
 
@@ -162,7 +163,7 @@ def model_from_checkpoint(path: str | os.PathLike, state: dict) -> tuple[nn.Modu
                         f"this code builds {', '.join(SEG_ARCHS)} with {NUM_CLASSES}", "retrain with this project's scripts")
     model = build_seg_model(meta["arch"], "none", aux=False, fc_width=meta.get("fc_width", FC_WIDTH),
                            vgg=meta.get("vgg", "vgg16"))
-    weights = {k.removeprefix("module."): v for k, v in state["model"].items() if not k.startswith("aux_classifier.")}
+    weights = {strip_prefix(k, "module."): v for k, v in state["model"].items() if not k.startswith("aux_classifier.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

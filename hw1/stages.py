@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .compat import is_relative_to
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository: the scripts stages run live here
 PY = sys.executable
 
@@ -43,7 +45,7 @@ class Stage:
 
 def _short(word: str) -> str:
     p = Path(word)
-    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else word
+    return str(p.relative_to(ROOT)) if p.is_absolute() and is_relative_to(p, ROOT) else word
 
 
 def run_stage(stage: Stage, log: Path, in_process: bool) -> int:

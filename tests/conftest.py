@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms import v2 as transforms_v2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# hw1_1.sh / hw1_2.sh run under the interpreter that runs the tests: the stack under test (SPEC §9), not .venv's
+os.environ.setdefault("HW1_PYTHON", sys.executable)
+
+# The method a torchvision v2 transform draws its random parameters with: `_get_params` until torchvision 0.21
+# (the course's 0.19), `make_params` after; the tests that record the draws patch it.
+V2_PARAMS_METHOD = "make_params" if hasattr(transforms_v2.Transform, "make_params") else "_get_params"
 
 # The most the suite holds under the temp folder at once (measured: see pytest.ini), with room to spare.
 DISK_NEEDED_GB = 3.0

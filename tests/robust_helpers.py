@@ -69,7 +69,7 @@ def run(args: list[str], timeout: float = 300, env_extra: dict[str, str] | None 
 
 
 def model_state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -81,8 +81,8 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
     """Same weights (bit-identical expected; 1e-6 allowed), optimiser moments, step and schedule."""
-    a = torch.load(resumed, map_location="cpu", weights_only=False)
-    b = torch.load(reference, map_location="cpu", weights_only=False)
+    a = torch.load(resumed, map_location="cpu", weights_only=True)
+    b = torch.load(reference, map_location="cpu", weights_only=True)
     assert (a["epoch"], a["batch_in_epoch"], a["step"]) == (b["epoch"], b["batch_in_epoch"], b["step"])
     assert max_abs_diff(a["model"], b["model"]) <= 1e-6
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]

@@ -1,7 +1,9 @@
 """Analysis tools: t-SNE clustering numbers, plots, Segment Anything on CPU, --print-model."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,10 @@ from hw1.errors import run_main
 from hw1.models import Classifier
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+needs_sam = pytest.mark.skipif(importlib.util.find_spec("segment_anything") is None,
+                               reason="segment-anything is not installed (the course's environment has none)")
 
 
 def is_png(path: Path) -> bool:
@@ -98,6 +104,7 @@ def test_mask_overlay_gives_each_mask_its_own_colour():
     assert tuple(out[0, 0]) != tuple(out[9, 9])              # two masks, two colours
 
 
+@needs_sam
 @pytest.mark.parametrize("prec", ["auto", "bf16"])
 def test_sam_random_tiny_model_writes_overlays_and_json(prec, tiny_data, tmp_path):
     """auto is fp32 on the CPU; bf16 runs the image encoder under CPU autocast, the GPU's path."""
@@ -117,6 +124,7 @@ def test_sam_random_tiny_model_writes_overlays_and_json(prec, tiny_data, tmp_pat
     assert any(im["masks"] for im in result["images"])
 
 
+@needs_sam
 def test_sam_image_encoder_computes_in_bf16_and_hands_fp32_to_the_decoder():
     import p2_sam
     from hw1.precision import Precision
@@ -130,6 +138,7 @@ def test_sam_image_encoder_computes_in_bf16_and_hands_fp32_to_the_decoder():
     assert seen == [torch.bfloat16] and features.dtype == torch.float32
 
 
+@needs_sam
 def test_sam_missing_checkpoint_is_one_line_naming_the_download(tiny_data, tmp_path, capsys):
     import p2_sam
 
@@ -138,6 +147,18 @@ def test_sam_missing_checkpoint_is_one_line_naming_the_download(tiny_data, tmp_p
     assert exit_.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in err[0]
+
+
+def test_sam_without_the_package_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    """The course's environment has no segment-anything: p2_sam.py says how to install it."""
+    import p2_sam
+
+    monkeypatch.setitem(sys.modules, "segment_anything", None)  # import fails as if it were not installed
+    with pytest.raises(SystemExit) as exit_:
+        run_main(p2_sam.main)(["--data-root", str(tiny_data), "--random-tiny", "--out", str(tmp_path)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2 and err == ["error: segment-anything: the package is not installed — pip install "
+                                             "segment-anything==1.0 (in requirements.txt, not in the course's environment)"]
 
 
 def test_print_model_writes_tree_and_counts_and_does_not_train(tiny_data, tmp_path, capsys):

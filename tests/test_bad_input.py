@@ -332,7 +332,7 @@ def test_bad_input_resume_with_other_hyperparameters_warns_and_uses_them(p1, tmp
                                                            "--lr", "3e-4", "--weight-decay", "0.01"))
     assert warnings == [f"warning: {out / 'last.pt'}: resuming with other hyper-parameters: lr 0.0001→0.0003, "
                         "weight_decay 0.05→0.01 (the new values apply from here on)"]
-    groups = torch.load(out / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    groups = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [3e-4, 3e-4] and [g["weight_decay"] for g in groups] == [0.01, 0.0]
 
 
@@ -392,7 +392,7 @@ def test_bad_input_grading_script_without_a_python_that_has_torch(script, argv, 
     no_site = bin_dir / "python3"  # this venv's interpreter without its site-packages: no torch
     no_site.write_text(f"#!/bin/sh\nexec {PYTHON} -S \"$@\"\n")
     no_site.chmod(0o755)
-    proc = run(["bash", str(repo / script), *argv], env_extra={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    proc = run(["bash", str(repo / script), *argv], env_extra={"PATH": f"{bin_dir}:/usr/bin:/bin", "HW1_PYTHON": ""})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert visible_lines(proc.stderr) == [
         f"error: python3: no Python with torch and torchvision found — set up once in {repo}: python3 -m venv .venv && "

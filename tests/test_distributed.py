@@ -139,7 +139,7 @@ def test_torchrun_byol_resume_mid_epoch_matches_the_uninterrupted_two_rank_run(t
         (tmp_path / f"launch{n}").mkdir()
         log, _, stdout = torchrun("p1_pretrain.py", argv, tmp_path / f"launch{n}")
         if n == 1:
-            stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+            stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
             assert (stopped["epoch"], stopped["batch_in_epoch"], stopped["step"]) == (1, 1, 4)
             assert [r["epoch"] for r in log] == ["1", "2"]  # the partial epoch 2 is logged, then redone
     assert "resumed from" in stdout and [r["epoch"] for r in log] == ["1", "2"]

@@ -1,4 +1,4 @@
-"""hw1_download.sh: fetch, verify, skip, resume, refuse; one-line errors; --write-manifest.
+"""hw1_download_ckpt.sh (and its 2021-22 name hw1_download.sh): fetch, verify, skip, resume, refuse; one-line errors; --write-manifest.
 
 Downloads come from file:// URLs or a python http.server on 127.0.0.1 (which ignores byte ranges,
 so curl cannot resume from it and must start again); no test needs the internet.
@@ -73,7 +73,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def repo(tmp_path: Path) -> Path:
     """A checkout holding the script and the committed MANIFEST (which lists nothing yet)."""
     (tmp_path / "repo" / "checkpoints").mkdir(parents=True)
-    shutil.copy(ROOT / "hw1_download.sh", tmp_path / "repo")
+    for script in ("hw1_download_ckpt.sh", "hw1_download.sh"):
+        shutil.copy(ROOT / script, tmp_path / "repo")
     shutil.copy(ROOT / "checkpoints" / "MANIFEST", tmp_path / "repo" / "checkpoints")
     return tmp_path / "repo"
 
@@ -89,12 +90,15 @@ def list_file(repo: Path, url: str, digest: str = sha(PAYLOAD), name: str = NAME
         f.write(f"{name} {digest} {url}\n")
 
 
-def download(repo: Path, *args: str, client: str = "curl") -> subprocess.CompletedProcess:
-    """Run the script from another directory (it must find its checkpoints/ by itself)."""
+def download(repo: Path, *args: str, client: str | None = "curl", script: str = "hw1_download_ckpt.sh",
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the script from another directory (it must find its checkpoints/ by itself); client None: its own pick."""
     elsewhere = repo.parent / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    return subprocess.run(["bash", str(repo / "hw1_download.sh"), *args], cwd=elsewhere, capture_output=True, text=True,
-                          env={**os.environ, "HW1_DOWNLOADER": client}, timeout=120)
+    env = {**os.environ, **(env or {})}
+    env.pop("HW1_DOWNLOADER", None)
+    return subprocess.run(["bash", str(repo / script), *args], cwd=elsewhere, capture_output=True, text=True,
+                          env={**env, "HW1_DOWNLOADER": client} if client else env, timeout=120)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, code: int, start: str) -> str:
@@ -118,6 +122,23 @@ def test_manifest_is_committed_not_ignored() -> None:
 def test_help(repo: Path) -> None:
     proc = download(repo, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith("Fetch the trained checkpoints") and "--write-manifest" in proc.stdout
+
+
+def test_old_name_and_wget_first(tmp_path: Path, repo: Path) -> None:
+    """hw1_download.sh runs hw1_download_ckpt.sh; with both clients present the course's wget is the one used
+    (fakes on PATH: wget copies the file, curl fails)."""
+    source = tmp_path / "payload.bin"
+    source.write_bytes(PAYLOAD)
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "wget").write_text(f'#!/bin/sh\nwhile [ "$1" != -O ]; do shift; done\ncp {source} "$2"\n')
+    (fakes / "curl").write_text("#!/bin/sh\nexit 99\n")
+    for fake in fakes.iterdir():
+        fake.chmod(0o755)
+    list_file(repo, "https://example.invalid/p1_classifier.pt")
+    proc = download(repo, client=None, script="hw1_download.sh", env={"PATH": f"{fakes}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc
+    assert (repo / "checkpoints" / NAME).read_bytes() == PAYLOAD
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -167,7 +188,8 @@ def test_checksum_mismatch_is_refused_and_not_kept(client: str, repo: Path, serv
     ("curl", "http", PAYLOAD[:50_000]),           # http.server ignores Range: curl exit 33, then afresh
     ("curl", "file", b"y" * 50_000),              # resumed bytes fail the sha256: fetched afresh
     ("wget", "http", PAYLOAD[:50_000]),           # wget restarts by itself when the server ignores Range
-])
+], ids=["curl-file-resume", "curl-http-afresh", "curl-file-bad-bytes", "wget-http"])  # pytest 8 would put the bytes
+# into the test id and PYTEST_CURRENT_TEST, past the kernel's limit for one environment variable
 def test_partial_download_is_resumed_or_restarted(client: str, scheme: str, part: bytes, repo: Path, server: Server) -> None:
     if client not in CLIENTS:
         pytest.skip(f"{client} not installed")

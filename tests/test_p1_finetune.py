@@ -51,14 +51,14 @@ def test_setting_runs_and_a_frozen_backbone_stays_bit_identical(setting: str, ti
     assert result["setting"] == setting and result["backbone"] == (str(backbone) if backbone else "none")
     assert float(result["val_acc"]) == pytest.approx(float(log[0]["val_acc"]))
 
-    after = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    after = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     fc = {k for k in after if k.startswith("net.fc.")}
     assert fc == {"net.fc.weight", "net.fc.bias"} and after["net.fc.weight"].shape == (65, 512)
     assert any(not torch.equal(handed_to_training[k], after[k]) for k in fc), "the classifier did not train"
     body = [k for k in after if k not in fc]
     changed = [k for k in body if not torch.equal(handed_to_training[k], after[k])]
     if backbone is not None:  # the backbone file was loaded, BN statistics included
-        state = torch.load(backbone, weights_only=False)
+        state = torch.load(backbone, weights_only=True)
         assert all(torch.equal(state[k], handed_to_training[f"net.{k}"]) for k in state)
     if setting in ("D", "E", "E0"):
         assert changed == []
@@ -108,12 +108,12 @@ def test_backbone_may_be_the_pretraining_checkpoint_itself(p1_backbone: Path, p1
     """BYOL's last.pt gives its online network (not the target, not the heads); a supervised last.pt its ResNet."""
     for exported in (p1_backbone, p1_supervised_backbone):
         last = exported.parent / "last.pt"
-        assert last.is_file() and "model" in torch.load(last, weights_only=False)
+        assert last.is_file() and "model" in torch.load(last, weights_only=True)
         expected = torch.load(exported, weights_only=True)
         taken = load_backbone_file(last)
         assert taken.keys() - {"fc.weight", "fc.bias"} == expected.keys()
         assert all(torch.equal(taken[k], v) for k, v in expected.items())
-    byol = torch.load(p1_backbone.parent / "last.pt", weights_only=False)["model"]
+    byol = torch.load(p1_backbone.parent / "last.pt", weights_only=True)["model"]
     assert any(not torch.equal(byol[f"target_encoder.net.{k}"], v) for k, v in load_backbone_file(p1_backbone).items()
                if v.is_floating_point()), "online and target are equal: the test could not tell them apart"
     out = tmp_path / "out"

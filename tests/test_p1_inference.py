@@ -96,7 +96,7 @@ def test_predictions_reproduce_the_recorded_validation_accuracy(tiny_data: Path,
     _, truth = read_rows(office / "val.csv")
     _, pred = read_rows(tmp_path / "p.csv")
     acc = sum(t[2] == p[2] for t, p in zip(truth, pred)) / len(truth)
-    assert acc == torch.load(p1_classifier, weights_only=False)["best"]
+    assert acc == torch.load(p1_classifier, weights_only=True)["best"]
 
 
 def test_any_image_mode_and_size(tiny_data: Path, p1_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 import p1_pretrain
-from conftest import P1_SMALL, fixture_dir
+from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
 from hw1 import checkpoint, data, distributed, engine, io, loading
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
@@ -42,14 +42,14 @@ def assert_all_differ(views: torch.Tensor) -> None:
 def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU path (TwoViews in the loader): one image 8 times in a batch → 16 different crop boxes."""
     crops: list[tuple[int, ...]] = []
-    make_params = T.RandomResizedCrop.make_params
+    make_params = getattr(T.RandomResizedCrop, V2_PARAMS_METHOD)
 
     def record(self: T.RandomResizedCrop, flat_inputs: list) -> dict:
         params = make_params(self, flat_inputs)
         crops.append(tuple(int(params[k]) for k in ("top", "left", "height", "width")))
         return params
 
-    monkeypatch.setattr(T.RandomResizedCrop, "make_params", record)
+    monkeypatch.setattr(T.RandomResizedCrop, V2_PARAMS_METHOD, record)
     gradient_image().save(tmp_path / "g.png")
     dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
     loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, dist=distributed.Dist(), device=torch.device("cpu"))
@@ -164,7 +164,7 @@ def test_byol_backbone_files_load_into_torchvision(byol_run: tuple[Path, Path, d
     out = byol_run[1]
     assert_plain_torchvision_backbone(out / "backbone_first.pt")
     assert_plain_torchvision_backbone(out / "backbone_last.pt")
-    meta = torch.load(out / "last.pt", weights_only=False)["meta"]
+    meta = torch.load(out / "last.pt", weights_only=True)["meta"]
     assert meta["task"] == "pretrain-byol" and meta["arch"] == "resnet18"
 
 
@@ -178,7 +178,7 @@ def test_supervised_pretraining_exports_a_backbone(p1_supervised_backbone: Path)
     out = p1_supervised_backbone.parent
     assert_plain_torchvision_backbone(out / "backbone_first.pt")
     assert_plain_torchvision_backbone(p1_supervised_backbone)
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["meta"]["task"] == "pretrain-supervised" and ckpt["model"]["fc.weight"].shape[0] == 64
     with open(out / "log.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
@@ -203,7 +203,7 @@ def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_d
                       "--epochs", "3", "--projection-size", "32", "--projection-hidden-size", "64"])
     assert writes == [("last.pt", 0), ("first.pt", 0), ("backbone_first.pt", 0), ("backbone_last.pt", 0),
                       ("last.pt", 2), ("backbone_last.pt", 2)]  # (file, epochs logged before it was written)
-    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 3 and not (out / "best.pt").exists()
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3 and not (out / "best.pt").exists()
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]

@@ -91,7 +91,7 @@ def log_rows(out: Path) -> list[dict]:
 
 def assert_trained_in(out: Path, name: str, weight: str) -> dict:
     """The run recorded `--precision name`, kept a finite loss, and its conv weights are channels_last."""
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["args"]["precision"] == name
     assert all(math.isfinite(float(r["train_loss"])) for r in log_rows(out))
     w = ckpt["model"][weight]
@@ -125,7 +125,7 @@ def test_supervised_pretraining_and_finetuning_under_fp16_with_a_gradient_scaler
     p1_finetune.main([*args, "--epochs", "2", "--max-steps", "1"])
     assert assert_trained_in(ft, "fp16", "net.conv1.weight")["scaler"]["scale"] > 0
     p1_finetune.main([*args, "--epochs", "2", "--max-steps", "2", "--resume"])
-    assert torch.load(ft / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(ft / "last.pt", weights_only=True)["step"] == 2
 
 
 def test_finetuning_under_bf16(p1_root, p1_backbone, tmp_path):

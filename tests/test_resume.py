@@ -104,7 +104,7 @@ def test_sigkill_mid_epoch_then_resume_finetune_matches_uninterrupted(p1_root, f
     out = tmp_path / "run"
     code = interrupt_in_epoch_2("p1_finetune.py", finetune_args(p1_root, out), signal.SIGKILL, tmp_path)
     assert code == -signal.SIGKILL
-    killed = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    killed = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert (killed["epoch"], killed["batch_in_epoch"]) == (1, 0)  # epoch 1's checkpoint; epoch 2's steps were lost
     train_in_process(p1_finetune.main, finetune_args(p1_root, out) + ["--resume"])
     assert_same_run(out / "last.pt", finetune_reference)
@@ -118,7 +118,7 @@ def test_sigkill_mid_epoch_then_resume_byol_matches_uninterrupted(tiny_data, tmp
     train_in_process(p1_pretrain.main, pretrain_args(root, reference))
     code = interrupt_in_epoch_2("p1_pretrain.py", pretrain_args(root, out, workers=2), signal.SIGKILL, tmp_path)
     assert code == -signal.SIGKILL
-    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
     train_in_process(p1_pretrain.main, pretrain_args(root, out) + ["--resume"])
     assert_same_run(out / "last.pt", reference / "last.pt")
     assert max_abs_diff(torch.load(out / "backbone_last.pt"), torch.load(reference / "backbone_last.pt")) <= 1e-6
@@ -130,7 +130,7 @@ def test_sigterm_to_process_group_saves_batch_position_and_resume_matches(p1_roo
     code = interrupt_in_epoch_2("p1_finetune.py", finetune_args(p1_root, out, workers=2), signal.SIGTERM, tmp_path)
     assert code == 143, (tmp_path / "SIGTERM.stderr").read_text()[-2000:]
     assert "SIGTERM received" in (tmp_path / "SIGTERM.stderr").read_text()
-    stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert stopped["epoch"] == 1 and 1 <= stopped["batch_in_epoch"] < STEPS_PER_EPOCH
     assert stopped["step"] == STEPS_PER_EPOCH + stopped["batch_in_epoch"]
     train_in_process(p1_finetune.main, finetune_args(p1_root, out) + ["--resume"])
@@ -195,7 +195,7 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path
     checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.ones(3)}})
     with pytest.raises(Exception):  # pickling fails after the tensors were written
         checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.zeros(10_000)}, "hook": lambda: None})
-    assert torch.load(ckpt, weights_only=False)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert torch.load(ckpt, weights_only=True)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "pred.csv"]  # no temp file left
     umask = os.umask(0)
     os.umask(umask)
@@ -222,7 +222,7 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(failure
         checkpoint.save_checkpoint(ckpt, {"model": {"w": torch.zeros(3)}})
     assert err.value.line().startswith(f"error: {ckpt}: not written: the disk is full"), err.value.line()
     monkeypatch.undo()
-    assert torch.load(ckpt, weights_only=False)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert torch.load(ckpt, weights_only=True)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 

@@ -14,6 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from conftest import V2_PARAMS_METHOD
 from hw1 import cache
 from hw1.byol import VIEW_PARAMS, TwoViews, blur_kernel
 from hw1.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
@@ -131,7 +132,7 @@ def cpu_path_stats() -> list[dict[str, torch.Tensor]]:
     drawn: list[dict[str, list]] = [{"area": [], "sigma": []} for _ in VIEW_PARAMS]
     for v, view in enumerate(two.views):
         crop, blur = view.transforms[1], view.transforms[5].transforms[0]
-        crop_params, blur_params = crop.make_params, blur.make_params
+        crop_params, blur_params = getattr(crop, V2_PARAMS_METHOD), getattr(blur, V2_PARAMS_METHOD)
 
         def record_crop(inputs, v=v, f=crop_params):  # type: ignore[no-untyped-def]
             params = f(inputs)
@@ -143,7 +144,8 @@ def cpu_path_stats() -> list[dict[str, torch.Tensor]]:
             drawn[v]["sigma"].append(params["sigma"][0])
             return params
 
-        crop.make_params, blur.make_params = record_crop, record_blur
+        setattr(crop, V2_PARAMS_METHOD, record_crop)
+        setattr(blur, V2_PARAMS_METHOD, record_blur)
     bright, ramp = (Image.fromarray(a) for a in probes())
     outs = [torch.stack([two(img) for _ in range(N_DRAWS)]) for img in (bright, ramp)]  # (N, 2, 3, H, W) each
     stats = []
@@ -254,7 +256,7 @@ def test_pretraining_step_with_gpu_aug_runs_on_cpu(tiny_data: Path, tmp_path: Pa
                       "--batch-size", "8", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--device", "cpu",
                       "--gpu-aug", "--cache", "--cache-dir", str(tmp_path / "cache"), "--projection-hidden-size", "64"])
     assert (out / "backbone_last.pt").is_file()
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] == 2
     assert list((tmp_path / "cache").glob("mini_train-*px-*.npy"))
 
