@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from hw1 import checkpoint
-from hw1.errors import UserError, run_main
+from hw1.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:

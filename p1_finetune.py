@@ -38,6 +38,7 @@ def default_backbone(setting: str, data_root: str) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
+    parser.set_defaults(save_every=25)  # 500 short epochs: last.pt and best.pt 20 times, not 500 (BENCHMARKS.md)
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E, or E0 (frozen random backbone)")
     parser.add_argument("--backbone", default=None,
                         help="backbone for B–E: a state_dict file, or p1_pretrain.py's last.pt / best.pt (its "

@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="BYOL views as batched tensor ops on the training device, from uint8 batches "
                              "(default: on with CUDA); --no-gpu-aug: per-sample PIL/torchvision in the loader workers")
     parser.add_argument("--save-best", action="store_true",
-                        help="also write OUT/best.pt whenever the kNN monitor improves (a full state: ~0.55 GB for resnet50)")
+                        help="also keep OUT/best.pt: the weights at the best kNN monitor value, written with last.pt")
     cache.add_cache_args(parser)
     # Long-run cadences (BENCHMARKS.md, "Per-epoch overhead"). At the reference recipe an epoch is ~4 s on a GPU at
     # the speed goal (150 steps x 256 images at ~9,000 images/s). The monitor's forward over the 4,357 cached images
@@ -104,7 +104,8 @@ def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.
     def evaluate(backbone: torch.nn.Module) -> dict:
         (train_x, train_y), (val_x, val_y) = sets
         pooled = functools.partial(pooled_features, backbone)  # not the supervised net's class logits
-        train_f, val_f = (features(pooled, x, args.image_size, memory_format=memory_format) for x in (train_x, val_x))
+        with torch.autocast(device.type, enabled=False):  # the monitor in fp32, whatever the training's autocast
+            train_f, val_f = (features(pooled, x, args.image_size, memory_format=memory_format) for x in (train_x, val_x))
         return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k), "view_gap": view_gap(pooled, *view_pair)}
 
     return evaluate
@@ -129,7 +130,7 @@ def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device
 
             def before_step(step: int) -> None:
                 """Each rank's views of a step depend only on (seed, rank, step): a resume, on any rank, draws them again."""
-                generator.manual_seed(((args.seed * 1_000_003 + dist.rank) * 10_000_019 + step) % 2**63)
+                generator.manual_seed(distributed.step_seed(args.seed, dist.rank, step))
         else:
             views = None
             dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)
@@ -162,6 +163,7 @@ def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device
         model=model, loss_fn=loss_fn,
         meta={"task": f"pretrain-{args.method}", "arch": args.arch, "image_size": args.image_size},
         evaluate=(lambda m, epoch: knn(backbone)) if knn else None, monitor="knn_acc" if knn else None,
+        evaluate_at_start=True,  # the random initialisation: the honest baseline of the monitor's curve
         before_step=before_step, after_step=after_step, on_save=export_backbone, keep_first=True, keep_best=args.save_best,
     )
     return task, loader

@@ -29,6 +29,7 @@ EPOCHS = 30  # see the docstring
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=EPOCHS, batch_size=8, image_size=512, warmup_steps=500, out="runs/p2_deeplab")
+    parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
     segmentation.add_args(parser)
     parser.add_argument("--arch", choices=list(DEEPLAB), default="deeplabv3_resnet101", help="default: %(default)s")
     parser.add_argument("--focal-alpha", type=float, default=0.25, help="default: %(default)s")

@@ -29,6 +29,7 @@ EPOCHS = 40  # see the docstring
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512, warmup_steps=500, out="runs/p2_fcn32s")
+    parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
     segmentation.add_args(parser)
     parser.add_argument("--fc-width", type=int, default=FC_WIDTH,
                         help="channels of fc6 (7x7 conv) and fc7 (1x1 conv); VGG16's is 4096, narrower is for "

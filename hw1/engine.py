@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, compat, io, precision, stopping, train_state
-from .distributed import Dist, all_reduce_sum
+from .distributed import Dist, all_reduce_sum, seed_step
 from .errors import WARNINGS, UserError
 from .loading import to_device
 from .train_state import TrainState
@@ -75,6 +75,7 @@ class Task:
     on_save: Callable[[int], None] | None = None                # rank 0, with each epoch-end `last.pt`: exports
     keep_first: bool = False                                    # also write `first.pt` (and `last.pt`) after epoch 0
     keep_best: bool = True                                      # write `best.pt` when the monitor improves
+    evaluate_at_start: bool = False                             # also evaluate the initial model (epoch 0 in log.csv)
     device_batch: Callable[[Any, torch.device, torch.memory_format], Any] = to_device
 
 
@@ -99,6 +100,8 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
     start_epoch, start_batch = train_state.resume(run) if args.resume else (0, 0)
     train_model = _wrap(task.model, args, dist, device)
     history: list[dict] = []
+    if task.evaluate and task.evaluate_at_start and run.step == 0:  # the baseline a run's progress is measured from
+        history.append(_evaluate_initial(run))
     run.last_save = time.monotonic()
     with stopping.StopRequested() as stop:
         for epoch in range(start_epoch, args.epochs):
@@ -162,7 +165,7 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
     if stop_now and not finished:
         stopping.raise_if_nonfinite(run.task.model, run.step, run.out)
         if run.dist.is_main:
-            checkpoint.save_checkpoint(run.out / "last.pt", run.as_checkpoint(epoch, next_batch))
+            _write_last(run, run.as_checkpoint(epoch, next_batch))
             print(f"saved {run.out / 'last.pt'} (epoch {epoch + 1}, batch {next_batch}); resume with --resume")
         stopping.exit_stopped()
     mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * run.dist.world_size)  # a sync: the steps are done
@@ -173,6 +176,7 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
 def _step(run: TrainState, train_model: nn.Module, batch: Any) -> torch.Tensor:
     """One optimiser step with the task's hooks around it; returns the loss, detached."""
     task = run.task
+    seed_step(run.args.seed, run.dist, run.step)
     if task.before_step:
         task.before_step(run.step)
     with run.prec.autocast():
@@ -225,28 +229,49 @@ def _end_epoch(run: TrainState, epoch: int, done: _Epoch) -> dict:
     return record
 
 
+def _evaluate_initial(run: TrainState) -> dict:
+    """Epoch 0 of the log: the monitor on the model before its first step."""
+    t0 = time.perf_counter()
+    run.task.model.eval()
+    with torch.no_grad(), run.prec.autocast():
+        record = {"epoch": 0, "step": 0, **run.task.evaluate(run.task.model, -1), "eval_s": 0.0}
+    record["eval_s"] = round(time.perf_counter() - t0, 3)
+    if run.dist.is_main:
+        io.append_csv_row(run.out / "log.csv", record)
+        print(_describe(record))
+    return record
+
+
 def _save_due(run: TrainState, epoch: int, done: _Epoch, record: dict, last: bool) -> None:
-    """`last.pt` (and `first.pt`, the task's exports) at the --save-every/--save-minutes cadence, `best.pt` when
-    the monitor improved."""
+    """`last.pt` (and `first.pt`, the task's exports) at the --save-every/--save-minutes cadence; an improved monitor
+    keeps the weights in memory, and `best.pt` is written with the next `last.pt`: a run killed between two writes
+    resumes from a `last.pt` and a `best.pt` of the same moment."""
     task, out = run.task, run.out
     improved = task.monitor is not None and task.monitor in record and record[task.monitor] > run.best
     if improved:
         run.best = record[task.monitor]
+        if task.keep_best and run.dist.is_main:
+            run.unsaved_best = run.best_checkpoint(epoch + 1)
     first = task.keep_first and epoch == 0
     due = (last or done.stopping or first or (epoch + 1) % run.args.save_every == 0
            or time.monotonic() - run.last_save >= 60 * run.args.save_minutes)
-    if not run.dist.is_main or not (due or (improved and task.keep_best)):
+    if not run.dist.is_main or not due:
         return
     state = run.as_checkpoint(epoch + 1 if done.finished else epoch, 0 if done.finished else done.next_batch)
-    if due:
-        checkpoint.save_checkpoint(out / "last.pt", state)
-        if first:
-            checkpoint.save_checkpoint(out / "first.pt", state)
-        if task.on_save:
-            task.on_save(epoch)
-        run.last_save = time.monotonic()
-    if improved and task.keep_best:
-        checkpoint.save_checkpoint(out / "best.pt", state)
+    _write_last(run, state)
+    if first:
+        checkpoint.save_checkpoint(out / "first.pt", state)
+    if task.on_save:
+        task.on_save(epoch)
+    run.last_save = time.monotonic()
+
+
+def _write_last(run: TrainState, state: dict) -> None:
+    """`last.pt`, after the `best.pt` kept in memory since the last write (if any)."""
+    if run.unsaved_best is not None:
+        checkpoint.save_checkpoint(run.out / "best.pt", run.unsaved_best)
+        run.unsaved_best = None
+    checkpoint.save_checkpoint(run.out / "last.pt", state)
 
 
 def describe_model(model: nn.Module) -> str:

@@ -49,6 +49,12 @@ class EpochSampler(Sampler):
         self.size, self.global_batch, self.shuffle, self.seed, self.dist = size, batch_size, shuffle, seed, dist
         self.local_batch = batch_size // dist.world_size
         self.drop_last = drop_last and size >= batch_size
+        empty = [r for r in range(dist.world_size) if not _split(list(range(size)), Dist(r, dist.world_size))]
+        if drop_last and not self.drop_last and size and empty:  # raised on every rank alike, before any collective
+            # a rank without a batch would never reach DDP's all-reduce, and the others would wait for it forever
+            raise UserError("--batch-size", f"the training set's {size} images fill less than one global batch of "
+                            f"{batch_size}; split across {dist.world_size} processes, rank {empty[0]} gets none",
+                            "train on more images, or with fewer processes")
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -48,8 +48,20 @@ def restore(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_schedule
     """Load a checkpoint's optimiser and schedule state, keeping this run's betas and weight decay and `lr`."""
     flags = [(g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    match_parameter_layouts(optimizer)
     scheduler.load_state_dict(ckpt["lr_scheduler"])
     # The saved optimiser holds the old lr, betas and weight decay: the current flags apply from here on.
     scheduler.base_lrs = [lr] * len(optimizer.param_groups)
     for group, (betas, weight_decay), factor in zip(optimizer.param_groups, flags, scheduler.lr_lambdas):
         group.update(betas=betas, weight_decay=weight_decay, initial_lr=lr, lr=lr * factor(scheduler.last_epoch))
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each moment its parameter's memory layout. `load_state_dict` keeps the saved one, so a CPU checkpoint
+    (contiguous) resumed on a GPU (channels_last) would stop fused AdamW at its first step ("same layout")."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -104,7 +104,7 @@ def p1_table(layout: Layout) -> list[str]:
     if (gap := byol_monitor(layout, "view_gap")):
         md.append(f"\nWhat BYOL trains for, on its backbone: the cosine of two BYOL views of one Office-Home val image "
                   f"minus that of views of different images (`view_gap` in its log) went from {gap[0]:.4f} at the "
-                  f"first evaluation to {gap[1]:.4f} at the last. A rise says the objective is being learned; "
+                  f"random initialisation (step 0) to {gap[1]:.4f} at the last evaluation. A rise says the objective is being learned; "
                   f"whether that ranks classes is what the kNN monitor and E − E0 say.")
     md.append("")
     return md

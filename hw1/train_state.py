@@ -41,10 +41,16 @@ class TrainState:
     step: int = 0
     best: float = -math.inf     # the monitor's best value so far
     last_save: float = 0.0      # time.monotonic() of the last epoch-end `last.pt`
+    unsaved_best: dict | None = None  # `best.pt` to be: the best weights on the CPU, written with the next `last.pt`
 
     @property
     def sampler(self) -> EpochSampler:
         return self.loader.sampler  # type: ignore[return-value]
+
+    def best_checkpoint(self, epoch: int) -> dict:
+        """What `best.pt` holds: the model's weights now (copied to the CPU, so training can go on) and its meta."""
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.task.model.state_dict().items()}
+        return {"model": weights, "meta": self.task.meta, "epoch": epoch, "best": self.best, "args": vars(self.args)}
 
     def as_checkpoint(self, epoch: int, batch_in_epoch: int) -> dict:
         return {

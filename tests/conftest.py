@@ -90,7 +90,7 @@ def p1_classifier(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         p1_finetune.main(["--setting", "A", "--data-root", str(tiny_data), "--out", str(out), *P1_SMALL,
                           "--device", "cpu", "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3",
                           "--results", str(out / "results.csv")])
-        drop_checkpoints(out, keep=("best.pt",))
+        drop_checkpoints(out, keep=("best.pt", "last.pt"))
         yield out / "best.pt"
 
 

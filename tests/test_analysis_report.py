@@ -94,7 +94,7 @@ def test_report_from_fabricated_runs_has_numbers_and_resolving_png_links(tiny_da
     assert "| E0 | none (random initialisation) | classifier only | none (control) | 0.5200 | 0.5200 | 2 |" in text
     assert "| A: VGG16-FCN32s | 0.7008 | 0.3500 | 0.1000 | 0.2000 | 0.3000 | 0.4000 | 0.5000 | 0.6000 |" in text
     assert "silhouette changes by +0.3000" in text
-    assert "(`view_gap` in its log) went from 0.0500 at the first evaluation to 0.1500 at the last" in text
+    assert "(`view_gap` in its log) went from 0.0500 at the random initialisation (step 0) to 0.1500 at the last evaluation" in text
     with Image.open(report.parent / "sample_office_classes.png") as montage:  # 65 classes, 13 a row, 64 px each
         assert montage.size == (13 * 64, 5 * 64)
     assert {"sample_office_classes.png", "progress_fcn32s.png", "progress_deeplabv3.png", "sam_0013_sam.png", "tsne_side_by_side.png",
@@ -111,8 +111,8 @@ def test_findings_compare_the_runs_numbers_and_say_what_is_not_shown(tiny_data, 
     section = text.split("## Findings\n", 1)[1].split("\n## ", 1)[0]
     assert text.index("## Findings") < text.index("## Problem 1")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
-    assert rows["BYOL improves its kNN monitor over its first epoch"].startswith(
-        "| BYOL improves its kNN monitor over its first epoch | **shown** | 0.3000 | 0.1000 | +0.2000 |")
+    assert rows["BYOL improves its kNN monitor over its random initialisation"].startswith(
+        "| BYOL improves its kNN monitor over its random initialisation | **shown** | 0.3000 | 0.1000 | +0.2000 |")
     assert "| **not shown** | 0.4200 | 0.5200 | -0.1000 |" in rows["E beats E0"]
     assert "| **shown** | 0.2200 | 0.0200 | +0.2000 |" in rows["C beats A"]
     assert "| **shown** | 0.1200 | 0.0200 | +0.1000 |" in rows["B beats A"]
@@ -138,7 +138,7 @@ def test_results_json_holds_the_tables_numbers_and_leaves_out_stages_that_did_no
     for setting, accs in results["p1"].items():  # the same numbers as the A–E table
         assert f"| {setting} | " in table and f" | {accs['val_acc']:.4f} | {accs['best_val_acc']:.4f} | 2 |" in table
     assert [(f["claim"], f["shown"]) for f in results["findings"]] == [
-        ("BYOL improves its kNN monitor over its first epoch", True), ("E beats E0", False), ("C beats A", True),
+        ("BYOL improves its kNN monitor over its random initialisation", True), ("E beats E0", False), ("C beats A", True),
         ("B beats A", True), ("model B beats model A in mIoU", False),
         ("t-SNE of the last epoch is more clustered than the first", True)]
     assert results["findings"][1]["ours"] == pytest.approx(0.42) and results["findings"][1]["versus"] == pytest.approx(0.52)
@@ -154,10 +154,10 @@ def test_results_json_holds_the_tables_numbers_and_leaves_out_stages_that_did_no
     results = json.loads((report.parent / "results.json").read_text())
     assert results == {"preset": "sample", "p1": {"A": {"val_acc": 0.3, "best_val_acc": 0.3}},
                        "byol": {"knn_first": 0.2, "knn_last": 0.15},
-                       "findings": [{"claim": "BYOL improves its kNN monitor over its first epoch", "shown": False,
+                       "findings": [{"claim": "BYOL improves its kNN monitor over its random initialisation", "shown": False,
                                      "ours": 0.15, "versus": 0.2}]}
     text = report.read_text()
-    assert "| BYOL improves its kNN monitor over its first epoch | **not shown** | 0.1500 | 0.2000 | -0.0500 |" in text
+    assert "| BYOL improves its kNN monitor over its random initialisation | **not shown** | 0.1500 | 0.2000 | -0.0500 |" in text
     assert "E beats E0" not in text and "| E0 |" not in text and "mIoU |" not in text.split("## Problem 1")[0]
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]
 

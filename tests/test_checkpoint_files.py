@@ -73,19 +73,26 @@ def test_a_truncated_file_is_called_corrupted(tmp_path: Path, p1_classifier: Pat
 
 
 def test_export_makes_a_slim_file_that_grades_alike(p1_classifier: Path, tmp_path: Path, tiny_data: Path) -> None:
-    slim = tmp_path / "p1_classifier.pt"
-    run_main(export_checkpoint.main)([str(p1_classifier), str(slim)])
+    """From a last.pt (weights, AdamW moments, schedule, RNG): weights and meta only, the same labels."""
+    last, slim = p1_classifier.parent / "last.pt", tmp_path / "p1_classifier.pt"
+    run_main(export_checkpoint.main)([str(last), str(slim)])
     state = torch.load(slim, weights_only=True)
     assert sorted(state) == ["best", "epoch", "meta", "model"] and state["meta"]["task"] == "classify"
-    assert slim.stat().st_size < 0.6 * p1_classifier.stat().st_size  # no AdamW moments, no RNG
-    full = torch.load(p1_classifier, weights_only=True)["model"]
+    assert slim.stat().st_size < 0.6 * last.stat().st_size  # no AdamW moments, no RNG
+    full = torch.load(last, weights_only=True)["model"]
     assert all(torch.equal(state["model"][k], v) for k, v in full.items()) and state["model"].keys() == full.keys()
-    assert grade_p1(slim, tiny_data, tmp_path / "slim") == grade_p1(p1_classifier, tiny_data, tmp_path / "full")
+    assert grade_p1(slim, tiny_data, tmp_path / "slim") == grade_p1(last, tiny_data, tmp_path / "full")
+
+
+def test_best_pt_is_already_a_grading_file(p1_classifier: Path) -> None:
+    """best.pt holds the best epoch's weights and meta (kept in memory, written with last.pt), no optimiser."""
+    state = torch.load(p1_classifier, weights_only=True)
+    assert {"model", "meta", "epoch", "best"} <= state.keys() and "optimizer" not in state
 
 
 def test_export_reads_an_old_file_only_when_trusted(p1_classifier: Path, tmp_path: Path) -> None:
     old = tmp_path / "old.pt"
-    state = torch.load(p1_classifier, weights_only=True)
+    state = torch.load(p1_classifier.parent / "last.pt", weights_only=True)
     torch.save({**state, "rng": {"numpy": np.random.get_state()}}, old)
     with pytest.raises(SystemExit) as refused:
         run_main(export_checkpoint.main)([str(old), str(tmp_path / "a.pt")])

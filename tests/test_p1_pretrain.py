@@ -110,7 +110,7 @@ def byol_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
 
 def test_byol_reduces_its_loss(byol_run: tuple[Path, Path, dict]) -> None:
     with open(byol_run[1] / "log.csv", newline="") as f:
-        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+        losses = [float(r["train_loss"]) for r in csv.DictReader(f) if r["epoch"] != "0"]  # epoch 0: the init's monitor
     assert len(losses) == 4
     assert losses[-1] < 0.95 * losses[0], losses
 
@@ -142,8 +142,9 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
                             for state in (init, torch.load(out / "backbone_last.pt", weights_only=True)))
     assert byol_gap >= random_gap + 0.02, (random_gap, byol_gap)
     with open(out / "log.csv", newline="") as f:
-        logged = [float(r["view_gap"]) for r in csv.DictReader(f)]
-    assert len(logged) == 4 and logged[-1] > logged[0], logged  # the script's own monitor sees it rise too
+        logged = [(r["epoch"], float(r["view_gap"])) for r in csv.DictReader(f)]
+    assert [e for e, _ in logged] == ["0", "1", "2", "3", "4"]  # epoch 0: the random initialisation, before step 1
+    assert logged[-1][1] > logged[0][1], logged  # the script's own monitor sees it rise from the init too
 
 
 def test_byol_knn_monitor_measures_the_exported_backbone(byol_run: tuple[Path, Path, dict]) -> None:
@@ -181,7 +182,7 @@ def test_supervised_pretraining_exports_a_backbone(p1_supervised_backbone: Path)
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["meta"]["task"] == "pretrain-supervised" and ckpt["model"]["fc.weight"].shape[0] == 64
     with open(out / "log.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 1
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]  # the monitor at the init, then epoch 1
 
 
 def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_data: Path, tmp_path: Path,
@@ -201,17 +202,18 @@ def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_d
     root, out = small_p1_root(tiny_data, tmp_path / "data"), tmp_path / "run"
     p1_pretrain.main(["--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "4",
                       "--epochs", "3", "--projection-size", "32", "--projection-hidden-size", "64"])
-    assert writes == [("last.pt", 0), ("first.pt", 0), ("backbone_first.pt", 0), ("backbone_last.pt", 0),
-                      ("last.pt", 2), ("backbone_last.pt", 2)]  # (file, epochs logged before it was written)
+    assert writes == [("last.pt", 1), ("first.pt", 1), ("backbone_first.pt", 1), ("backbone_last.pt", 1),
+                      ("last.pt", 3), ("backbone_last.pt", 3)]  # (file, rows logged before it was written; row 1: the init)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3 and not (out / "best.pt").exists()
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    assert [r["knn_acc"] != "" for r in rows] == [False, False, True]
-    for r in rows:
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["knn_acc"] != "" for r in rows] == [True, False, False, True]  # the init, then every 10th and the last
+    for r in rows[1:]:
         times = {k: float(r[k]) for k in ("step_s", "data_wait_s", "eval_s", "checkpoint_s")}
         assert all(v >= 0 for v in times.values()) and times["data_wait_s"] <= times["step_s"], r
-    assert float(rows[2]["eval_s"]) > 0 and float(rows[0]["eval_s"]) == 0  # no monitor: not even a call
+    assert float(rows[3]["eval_s"]) > 0 and float(rows[1]["eval_s"]) == 0  # no monitor: not even a call
+    assert float(rows[0]["eval_s"]) > 0 and rows[0]["step"] == "0" and rows[0]["train_loss"] == ""
 
 
 def test_supervised_knn_monitor_reads_the_pooled_feature_not_the_logits(tiny_data: Path, tmp_path: Path,
@@ -226,4 +228,4 @@ def test_supervised_knn_monitor_reads_the_pooled_feature_not_the_logits(tiny_dat
     monkeypatch.setattr(p1_pretrain, "knn_accuracy", spy)
     p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
                       "--device", "cpu", "--batch-size", "8", "--epochs", "1", "--max-steps", "1"])
-    assert seen == [(512, 512)]
+    assert seen == [(512, 512)] * 2  # the initialisation, then after the step

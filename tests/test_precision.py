@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,6 @@ import p1_finetune
 import p1_inference
 import p1_pretrain
 import p2_inference
-import p2_train_deeplab
-import p2_train_fcn32
 from conftest import P1_SMALL
 from hw1 import precision
 from hw1.gpu_aug import BatchView, apply_view
@@ -23,6 +23,15 @@ from robust_helpers import small_p1_root, small_p2_root
 
 CPU = ["--device", "cpu"]
 STEPS = ["--epochs", "1", "--max-steps", "2"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_isolated(script: str, argv: list[str]) -> None:
+    """A CPU bf16 training run in its own process: a heap corruption reported in torch's CPU bf16 kernels
+    (docs/bf16_cpu_crash.md, not reproduced here) then fails this test with its exit code, not the whole suite."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode} (134: a native abort)\n{proc.stderr[-2000:]}"
 
 
 # ---------------------------------------------------------------- the choice
@@ -93,7 +102,7 @@ def assert_trained_in(out: Path, name: str, weight: str) -> dict:
     """The run recorded `--precision name`, kept a finite loss, and its conv weights are channels_last."""
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["args"]["precision"] == name
-    assert all(math.isfinite(float(r["train_loss"])) for r in log_rows(out))
+    assert all(math.isfinite(float(r["train_loss"])) for r in log_rows(out) if r["epoch"] != "0")  # 0: BYOL's init
     w = ckpt["model"][weight]
     assert w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -108,8 +117,8 @@ def p1_root(tiny_data: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("aug", ["--gpu-aug", "--no-gpu-aug"])
 def test_byol_pretraining_under_bf16(aug, p1_root, tmp_path):
-    p1_pretrain.main(["--data-root", str(p1_root), "--out", str(tmp_path / "out"), *P1_SMALL, *CPU, *STEPS, aug,
-                      "--batch-size", "8", "--projection-hidden-size", "64", "--precision", "bf16"])
+    train_isolated("p1_pretrain.py", ["--data-root", str(p1_root), "--out", str(tmp_path / "out"), *P1_SMALL, *CPU,
+                                      *STEPS, aug, "--batch-size", "8", "--projection-hidden-size", "64", "--precision", "bf16"])
     assert_trained_in(tmp_path / "out", "bf16", "net.conv1.weight")
     assert "knn_acc" in log_rows(tmp_path / "out")[-1]
 
@@ -130,23 +139,23 @@ def test_supervised_pretraining_and_finetuning_under_fp16_with_a_gradient_scaler
 
 def test_finetuning_under_bf16(p1_root, p1_backbone, tmp_path):
     out = tmp_path / "out"
-    p1_finetune.main(["--setting", "E", "--backbone", str(p1_backbone), "--data-root", str(p1_root),
-                      "--out", str(out), *P1_SMALL, *CPU, *STEPS, "--batch-size", "4", "--precision", "bf16",
-                      "--results", str(out / "r.csv")])
+    train_isolated("p1_finetune.py", ["--setting", "E", "--backbone", str(p1_backbone), "--data-root", str(p1_root),
+                                      "--out", str(out), *P1_SMALL, *CPU, *STEPS, "--batch-size", "4", "--precision",
+                                      "bf16", "--results", str(out / "r.csv")])
     assert_trained_in(out, "bf16", "net.conv1.weight")
     assert "val_acc" in log_rows(out)[-1]
 
 
 @pytest.mark.parametrize("script, extra, weight", [
-    (p2_train_fcn32, ["--fc-width", "64"], "features.0.weight"),  # a 4096-wide fc6 makes each checkpoint 1.5 GB
-    (p2_train_deeplab, ["--arch", "deeplabv3_mobilenet_v3_large", "--aux-weight", "0"], "backbone.0.0.weight"),
+    ("p2_train_fcn32.py", ["--fc-width", "64"], "features.0.weight"),  # a 4096-wide fc6 makes each checkpoint 1.5 GB
+    ("p2_train_deeplab.py", ["--arch", "deeplabv3_mobilenet_v3_large", "--aux-weight", "0"], "backbone.0.0.weight"),
 ], ids=["fcn32s", "deeplabv3"])
 def test_segmentation_training_under_bf16(script, extra, weight, tiny_data, tmp_path):
     root = small_p2_root(tiny_data, tmp_path / "data", train=4, val=2)
     out = tmp_path / "out"
-    script.main(["--data-root", str(root), "--out", str(out), "--weights", "none", "--image-size", "32",
-                 "--batch-size", "2", "--workers", "0", *CPU, "--epochs", "1", "--max-steps", "1",
-                 "--precision", "bf16", "--results", str(out / "r.csv"), *extra])
+    train_isolated(script, ["--data-root", str(root), "--out", str(out), "--weights", "none", "--image-size", "32",
+                            "--batch-size", "2", "--workers", "0", *CPU, "--epochs", "1", "--max-steps", "1",
+                            "--precision", "bf16", "--results", str(out / "r.csv"), *extra])
     assert "miou" in log_rows(out)[-1]
     assert_trained_in(out, "bf16", weight)
 

@@ -63,18 +63,20 @@ def train_in_process(main, argv: list[str]) -> None:
         main(argv)
 
 
-def interrupt_in_epoch_2(script: str, argv: list[str], sig: signal.Signals, tmp: Path) -> int:
-    """Start `script`, send `sig` to its process group once epoch 2 has done a step; return its exit code."""
+def interrupt_in_epoch_2(script: str, argv: list[str], sig: signal.Signals, tmp: Path, epoch: int = 2,
+                         epochs: int = 2) -> int:
+    """Start `script`, send `sig` to its process group once epoch 2 (or `epoch` of `epochs`) has done a step;
+    return its exit code."""
     err_path = tmp / f"{sig.name}.stderr"
     with open(err_path, "w") as err, open(tmp / f"{sig.name}.stdout", "w") as out:
         proc = subprocess.Popen([PYTHON, "-c", SLOW_STEP, script, *argv], cwd=ROOT, env=ENV, stdout=out, stderr=err,
                                 start_new_session=True)
-        progress = re.compile(rf"epoch 2/2:\s+\d+%\|[^|]*\|\s*(\d+)/{STEPS_PER_EPOCH}")
+        progress = re.compile(rf"epoch {epoch}/{epochs}:\s+\d+%\|[^|]*\|\s*(\d+)/{STEPS_PER_EPOCH}")
         deadline = time.monotonic() + 240
         try:
             while True:
                 assert proc.poll() is None, f"{script} ended before it could be interrupted:\n{err_path.read_text()[-2000:]}"
-                assert time.monotonic() < deadline, "epoch 2 never started"
+                assert time.monotonic() < deadline, f"epoch {epoch} never started"
                 done = [int(n) for n in progress.findall(err_path.read_text(errors="replace"))]
                 if done and 1 <= max(done) < STEPS_PER_EPOCH:
                     break
@@ -108,6 +110,26 @@ def test_sigkill_mid_epoch_then_resume_finetune_matches_uninterrupted(p1_root, f
     assert (killed["epoch"], killed["batch_in_epoch"]) == (1, 0)  # epoch 1's checkpoint; epoch 2's steps were lost
     train_in_process(p1_finetune.main, finetune_args(p1_root, out) + ["--resume"])
     assert_same_run(out / "last.pt", finetune_reference)
+
+
+def test_sigkill_between_two_writes_resumes_from_the_older_and_matches_uninterrupted(p1_root, tmp_path):
+    """The fine-tuning cadence: with --save-every 3 of 4 epochs, last.pt is written after epochs 1, 3 and 4, and
+    best.pt (kept in memory when validation improves) with it. A SIGKILL in epoch 3 loses epoch 2 as well; the
+    resume redoes it and ends with the uninterrupted run's last.pt and best.pt."""
+    def argv(out: Path) -> list[str]:
+        return finetune_args(p1_root, out) + ["--epochs", "4", "--save-every", "3"]
+
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    train_in_process(p1_finetune.main, argv(reference))
+    code = interrupt_in_epoch_2("p1_finetune.py", argv(out), signal.SIGKILL, tmp_path, epoch=3, epochs=4)
+    assert code == -signal.SIGKILL
+    killed = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert (killed["epoch"], killed["batch_in_epoch"]) == (1, 0)  # epoch 2 ended but was not written: the cadence
+    train_in_process(p1_finetune.main, argv(out) + ["--resume"])
+    assert_same_run(out / "last.pt", reference / "last.pt")
+    best, best_reference = (torch.load(d / "best.pt", weights_only=True) for d in (out, reference))
+    assert (best["epoch"], best["best"]) == (best_reference["epoch"], best_reference["best"])
+    assert max_abs_diff(best["model"], best_reference["model"]) <= 1e-6 and "optimizer" not in best
 
 
 def test_sigkill_mid_epoch_then_resume_byol_matches_uninterrupted(tiny_data, tmp_path):
