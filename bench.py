@@ -5,6 +5,7 @@ peak memory: CUDA's allocator peak, on CPU the growth of the process's resident 
   aug       the two BYOL views of a batch: our batched ops vs kornia vs torchvision v2
   data-b    the CPU path's loader alone (decode + TwoViews per sample in the workers)
   data-c    the cache loader alone, and with the batched views on the device (no model)
+  loader-ft, loader-seg  fine-tuning's loader (cache + crop/flip) and segmentation's (512 px, joint flips), no model
   a         byol-pytorch as its README shows: PIL loader of plain images, its default batch
             augmentation (one draw for the whole batch), fp32, Adam, update_moving_average()
   b         this project's step (engine.fit, p1_pretrain.setup) with the CPU augmentation path
@@ -44,7 +45,7 @@ from benchmarks.table import markdown
 from hw1 import distributed, io, precision
 
 # The sections themselves live in benchmarks/, one module per thing measured; this file parses and writes.
-SECTIONS = ("aug", "data", "a", "b", "c", "c-compile", "mfu", "seg", "hw12", "profile", "overhead")
+SECTIONS = ("aug", "data", "loaders", "a", "b", "c", "c-compile", "mfu", "seg", "hw12", "profile", "overhead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

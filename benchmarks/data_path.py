@@ -1,17 +1,19 @@
-"""Sections `aug` and `data`: the two BYOL views of a batch (ours, kornia, torchvision v2) and the
-images/s each training loader delivers with no model."""
+"""Sections `aug`, `data` and `loaders`: the two BYOL views of a batch (ours, kornia, torchvision v2), the
+images/s each pre-training loader delivers with no model, and those of fine-tuning and segmentation."""
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from hw1 import data, distributed, loading
 from hw1.byol import VIEW_PARAMS, blur_kernel, byol_view_transform
 from hw1.gpu_aug import batch_views
 
-from .common import rate, sync, timed_steps
+from .common import make_images, rate, sync, timed_steps
 
 
 def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -81,4 +83,42 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
                 times.append(time.perf_counter() - t)
         del it
         rows.append({"row": name, "images_per_s": rate(cfg.batch_size, times) if times else float("nan")})
+    return rows
+
+
+def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> list[dict]:
+    """Images/s the fine-tuning loader (decoded-image cache + the classification transform) and the segmentation
+    loader (512 px JPEG + PNG mask, joint flips) feed, with no model, at `--workers`: is the loader what a fast GPU
+    would wait for?"""
+    from hw1 import cache
+    from hw1.seg_data import SatMaskDataset, collate, find_pairs, write_mask
+
+    dist = distributed.Dist()
+    paths = data.mini_paths(cfg.data_root)
+    finetune_set = cache.CachedImages(cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers),
+                                      [0] * len(paths), data.classify_train_transform(cfg.image_size))
+    seg_dir = work / "p2_train"
+    if not seg_dir.is_dir():
+        sats = make_images(seg_dir, 32, 512, stem="{i:04d}_sat")
+        rng = np.random.default_rng(0)
+        for sat in sats:  # blocky class maps: PNG decoding like the course's masks
+            blocks = rng.integers(0, 7, (16, 16))
+            write_mask(sat.with_name(sat.name.replace("_sat.jpg", "_mask.png")), blocks.repeat(32, 0).repeat(32, 1))
+    seg_set = SatMaskDataset(find_pairs(seg_dir, need_masks=True), 512, augment="flip")
+    rows = []
+    for name, dataset, batch, collate_fn in (
+            (f"loader-ft: fine-tuning, cache + crop/flip at {cfg.image_size} px", finetune_set,
+             min(128, len(finetune_set) // 3), None),  # the recipe's batch, or 3 batches of --quick's few images
+            ("loader-seg: segmentation, 512 px JPEG + mask, joint flips", seg_set, 8, collate)):
+        loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, dist=dist, device=device,
+                                     collate_fn=collate_fn)
+        times, t = [], time.perf_counter()
+        for k, _ in enumerate(loader):
+            if k >= 1:  # the first batch waits for the workers to start
+                times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            if k >= cfg.warmup + cfg.steps:
+                break
+        rows.append({"row": name, "images_per_s": rate(batch, times) if times else float("nan"),
+                     "workers": cfg.workers})
     return rows

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .common import make_images
-from .data_path import bench_aug, bench_data
+from .data_path import bench_aug, bench_data, bench_loaders
 from .overhead import bench_overhead
 from .segmentation import bench_hw12, bench_seg
 from .training import bench_byol_pytorch, bench_step, compile_backend, count_step_flops, profile_step
@@ -65,6 +65,7 @@ def run_sections(cfg: argparse.Namespace, device: torch.device, work: Path) -> d
     sections.lap("setup")
     sections.add_rows("aug", lambda: bench_aug(cfg, device))
     sections.add_rows("data", lambda: bench_data(cfg, device))
+    sections.add_rows("loaders", lambda: bench_loaders(cfg, device, work))
     sections.add_rows("a", lambda: bench_byol_pytorch(cfg, device))
     sections.add_rows("b", lambda: bench_step(cfg, device, "b: this project's step, CPU augmentation (TwoViews in the loader)",
                                          "--no-gpu-aug", "--no-cache"))

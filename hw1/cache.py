@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -158,6 +159,26 @@ def ensure(paths: Sequence[Path], cache_dir: str | os.PathLike, name: str, *, si
     return target
 
 
+WAIT_S, WAIT_PER_IMAGE_S = 1800.0, 0.05  # how long rank 0 may take: half an hour, plus a slow disk's 20 images/s
+
+
+def wait_for_build(target: Path, name: str, count: int, *, poll_s: float = 1.0, say_every_s: float = 60.0) -> None:
+    """A rank other than 0 waits for rank 0's cache file (renamed into place when complete), saying so every
+    minute, for as long as the build can take."""
+    timeout = WAIT_S + WAIT_PER_IMAGE_S * count
+    start = said = time.monotonic()
+    while not target.is_file():
+        now = time.monotonic()
+        if now - start > timeout:
+            raise UserError(target, f"rank 0 did not finish the decoded-image cache of {name} in {timeout / 60:.0f} "
+                            "minutes", "see rank 0's output; or pass --no-cache, or a --cache-dir every node sees")
+        if now - said >= say_every_s:
+            print(f"note: waiting for rank 0 to build the decoded-image cache of {name} ({count} images) at "
+                  f"{target}: {(now - start) / 60:.0f} min so far", flush=True)
+            said = now
+        time.sleep(poll_s)
+
+
 class CachedImages(Dataset):
     """(uint8 CHW tensor, label) from a cache file, opened lazily in each worker; `transform` as for PIL input.
 
@@ -228,6 +249,8 @@ def cached_dataset(args: argparse.Namespace, paths: Sequence[Path], name: str, *
         return None
     target = ensure(paths, folder, name, side=side, workers=args.workers, build_here=is_main,
                     skip_unreadable=skip_unreadable)
+    if torch_dist.is_initialized() and not is_main:  # not at the barrier: NCCL's would time out after 10 minutes
+        wait_for_build(target, name, len(paths))
     if barrier:
         barrier()
     return CachedImages(target, labels, transform)

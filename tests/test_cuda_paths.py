@@ -3,6 +3,7 @@ build cannot drive, the kNN monitor's precision, a rank without a batch. (Per-ra
 from __future__ import annotations
 
 import argparse
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torchvision
 from torch import nn
 
 import p1_pretrain
-from hw1 import distributed, optim
+from hw1 import cache, distributed, optim
 from hw1.distributed import Dist
 from hw1.errors import UserError
 from hw1.loading import EpochSampler
@@ -116,3 +117,15 @@ def test_every_rank_with_a_share_trains() -> None:
     sampler = EpochSampler(8, 8, shuffle=True, seed=0, dist=Dist(3, 4, 3), drop_last=True)
     assert len(list(sampler)) == 2
     assert len(list(EpochSampler(5, 8, shuffle=False, seed=0, dist=Dist(3, 4, 3), drop_last=False))) == 0  # evaluation
+
+
+def test_waiting_ranks_wait_for_the_cache_as_long_as_it_takes_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Not at NCCL's barrier (10 minutes, then a crash): for the file rank 0 renames into place, with a note."""
+    target = tmp_path / "office_train-128px-key.npy"
+    threading.Timer(0.4, target.write_bytes, args=(b"done",)).start()
+    cache.wait_for_build(target, "office_train", 3951, poll_s=0.02, say_every_s=0.1)
+    assert "note: waiting for rank 0 to build the decoded-image cache of office_train (3951 images)" in capsys.readouterr().out
+    monkeypatch.setattr(cache, "WAIT_S", 0.1)
+    with pytest.raises(UserError, match="rank 0 did not finish the decoded-image cache of mini_train"):
+        cache.wait_for_build(tmp_path / "never.npy", "mini_train", 0, poll_s=0.02)

@@ -131,6 +131,9 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
     better (the kNN monitor) is not: on the shape x fill sample data short BYOL runs lower kNN accuracy
     (measured at lr 1e-4: 0.100 at initialisation, 0.069 after 24 steps), and the report says "not shown".
     Measured: here 0.054 (random) → 0.086; the sample preset's 120 steps on its data 0.018 → 0.155.
+    Spread over seeds 0-4 x 1 and 2 threads (tests/outcome_spread.py): gain 0.0046-0.047 (worst: seed 3 at 2
+    threads; bar 0.002, so 24 steps show a rise, not its size); the logged monitor's gain over the init
+    0.0074-0.063 (bar: > 0); loss ratio last/first 0.54-0.58 (bar 0.95).
     """
     root, out, init = byol_run
     images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
@@ -140,7 +143,7 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
 
     random_gap, byol_gap = (p1_pretrain.view_gap(_resnet18(state), a, b)
                             for state in (init, torch.load(out / "backbone_last.pt", weights_only=True)))
-    assert byol_gap >= random_gap + 0.02, (random_gap, byol_gap)
+    assert byol_gap >= random_gap + 0.002, (random_gap, byol_gap)
     with open(out / "log.csv", newline="") as f:
         logged = [(r["epoch"], float(r["view_gap"])) for r in csv.DictReader(f)]
     assert [e for e, _ in logged] == ["0", "1", "2", "3", "4"]  # epoch 0: the random initialisation, before step 1

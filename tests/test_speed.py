@@ -268,7 +268,8 @@ def test_bench_quick_writes_its_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
     rows = {r["row"].split(":")[0]: r for r in result["rows"]}
-    for key in ("aug", "data-b", "data-c", "a", "b", "c", "c+compile", "seg train", "seg inference", "hw1_2.sh"):
+    for key in ("aug", "data-b", "data-c", "loader-ft", "loader-seg", "a", "b", "c", "c+compile", "seg train",
+                "seg inference", "hw1_2.sh"):
         assert key in rows, f"missing row {key}"
     assert not [r for r in result["rows"] if "error" in r], [r for r in result["rows"] if "error" in r]
     assert all(r["images_per_s"] > 0 for r in result["rows"])
