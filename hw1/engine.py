@@ -211,9 +211,7 @@ def _end_epoch(run: TrainState, epoch: int, done: _Epoch) -> dict:
     record = {"epoch": epoch + 1, "step": run.step, "train_loss": done.mean_loss, "lr": run.scheduler.get_last_lr()[0]}
     last = epoch + 1 == args.epochs or run.step >= run.max_steps
     if task.evaluate and ((epoch + 1) % args.eval_every == 0 or last):
-        task.model.eval()
-        with torch.no_grad(), run.prec.autocast():
-            record.update(task.evaluate(task.model, epoch))
+        record.update(_evaluate(run, epoch))
     t_eval = time.perf_counter()
     _save_due(run, epoch, done, record, last)
     t_saved = time.perf_counter()
@@ -229,12 +227,17 @@ def _end_epoch(run: TrainState, epoch: int, done: _Epoch) -> dict:
     return record
 
 
+def _evaluate(run: TrainState, epoch: int) -> dict:
+    """The task's metrics, in eval mode and under the run's autocast (epoch -1: before the first step)."""
+    run.task.model.eval()
+    with torch.no_grad(), run.prec.autocast():
+        return run.task.evaluate(run.task.model, epoch)
+
+
 def _evaluate_initial(run: TrainState) -> dict:
     """Epoch 0 of the log: the monitor on the model before its first step."""
     t0 = time.perf_counter()
-    run.task.model.eval()
-    with torch.no_grad(), run.prec.autocast():
-        record = {"epoch": 0, "step": 0, **run.task.evaluate(run.task.model, -1), "eval_s": 0.0}
+    record = {"epoch": 0, "step": 0, **_evaluate(run, -1)}
     record["eval_s"] = round(time.perf_counter() - t0, 3)
     if run.dist.is_main:
         io.append_csv_row(run.out / "log.csv", record)
