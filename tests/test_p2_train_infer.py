@@ -67,9 +67,10 @@ def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tin
     log = io.read_csv_rows(run_dir / "log.csv")
     assert {"miou", *(f"iou_{c}" for c in CLASS_NAMES[:6])} <= log[-1].keys()
     after = float(log[-1]["miou"])
-    # Spread over seeds 0-4 x 1 and 2 threads (tests/outcome_spread.py), untrained 0.060: trained 0.134-0.196,
-    # 2.2-3.3x and +0.074-0.135 (worst: seed 0 at 2 threads, the suite's own); another machine gave 0.152.
-    assert after >= 1.5 * before and after >= before + 0.04, (before, after)
+    # Spread over seeds 0-4 x 1 and 2 threads (tests/outcome_spread.py), untrained 0.060: trained 0.110-0.196,
+    # 1.8-3.3x and +0.049-0.135 (worst: seed 2 at 2 threads; the suite's seed 0 at 2 threads 0.134); another
+    # machine gave 0.152.
+    assert after >= 1.5 * before and after >= before + 0.03, (before, after)
     assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
     meta = checkpoint.load_checkpoint(run_dir / "best.pt")["meta"]
     assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none", "aux": False}
