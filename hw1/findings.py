@@ -15,21 +15,25 @@ class Claim:
     versus: tuple[str, ...]    # the number it is compared with
     measure: str               # what the two numbers are, for the report
     margin: float = 0.0        # how much higher `ours` must be (0: strictly higher)
+    sample_spread: float = 0.0  # how far ours − versus moved between two runs of the sample preset (README)
 
 
 CLAIMS = (
     Claim("BYOL improves its kNN monitor over its random initialisation", ("byol", "knn_last"), ("byol", "knn_first"),
-          "BYOL backbone's kNN accuracy (Office-Home train → val): last evaluation vs the initialisation (step 0)", 0.05),
+          "BYOL backbone's kNN accuracy (Office-Home train → val): last evaluation vs the initialisation (step 0)", 0.05,
+          0.043),
     Claim("E beats E0", ("p1", "E", "val_acc"), ("p1", "E0", "val_acc"),
-          "linear probe on a frozen backbone, val accuracy: BYOL backbone (E) vs random backbone (E0)", 0.10),
+          "linear probe on a frozen backbone, val accuracy: BYOL backbone (E) vs random backbone (E0)", 0.10, 0.004),
     Claim("C beats A", ("p1", "C", "val_acc"), ("p1", "A", "val_acc"),
-          "full fine-tuning, val accuracy: from the BYOL backbone (C) vs from random initialisation (A)", 0.03),
+          "full fine-tuning, val accuracy: from the BYOL backbone (C) vs from random initialisation (A)", 0.03, 0.097),
     Claim("B beats A", ("p1", "B", "val_acc"), ("p1", "A", "val_acc"),
-          "full fine-tuning, val accuracy: from the supervised backbone (B) vs from random initialisation (A)", 0.03),
+          "full fine-tuning, val accuracy: from the supervised backbone (B) vs from random initialisation (A)", 0.03,
+          0.051),
     Claim("model B beats model A in mIoU", ("p2", "deeplabv3", "miou"), ("p2", "fcn32s", "miou"),
-          "validation mIoU: model B (DeepLabV3) vs model A (FCN32s)"),
+          "validation mIoU: model B (DeepLabV3) vs model A (FCN32s)", 0.0, 0.130),
     Claim("t-SNE of the last epoch is more clustered than the first", ("tsne", "last", "silhouette"),
-          ("tsne", "first", "silhouette"), "silhouette of the classes in the t-SNE map (setting C): last epoch vs first"),
+          ("tsne", "first", "silhouette"), "silhouette of the classes in the t-SNE map (setting C): last epoch vs first",
+          0.0, 0.044),
 )
 
 
@@ -52,21 +56,29 @@ def check(results: dict) -> list[dict]:
     return found
 
 
-def markdown(findings: list[dict]) -> list[str]:
-    """The report's Findings section (empty when no claim could be checked)."""
+def markdown(findings: list[dict], preset: str | None = None) -> list[str]:
+    """The report's Findings section (empty when no claim could be checked); for the sample preset, whether each
+    difference is beyond the seed-to-seed spread measured on it."""
     if not findings:
         return []
     claims = {c.text: c for c in CLAIMS}
+    sample = preset == "sample"
     lines = ["## Findings\n",
              "The homework's claims, each checked on this run's own numbers (the tables below; `results.json` "
              "beside this report). A claim is shown when *ours* is above *versus* by at least its margin (a smaller "
              "gain is within a small run's noise); the difference says by how much. Claims whose stages did not "
              "run are left out.\n",
-             "| claim | this run | ours | versus | difference | margin | numbers compared |", "|---|---|---|---|---|---|---|"]
+             *(["On the sample preset, a difference inside the spread that two of its runs showed (another seed, "
+                "another machine: README, \"Results that hold on another machine\") is not settled either way.\n"]
+               if sample else []),
+             "| claim | this run | ours | versus | difference | margin | numbers compared |" + (" settled |" if sample else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if sample else "")]
     for f in findings:
         verdict = "**shown**" if f["shown"] else "**not shown**"
         claim = claims[f["claim"]]
         margin = f"≥ {claim.margin:+.2f}" if claim.margin else "> 0"
-        lines.append(f"| {f['claim']} | {verdict} | {f['ours']:.4f} | {f['versus']:.4f} | {f['ours'] - f['versus']:+.4f} | "
-                     f"{margin} | {claim.measure} |")
+        diff = f["ours"] - f["versus"]
+        settled = ("yes" if abs(diff) > claim.sample_spread else f"no: inside ±{claim.sample_spread:.3f}") if sample else ""
+        lines.append(f"| {f['claim']} | {verdict} | {f['ours']:.4f} | {f['versus']:.4f} | {diff:+.4f} | "
+                     f"{margin} | {claim.measure} |" + (f" {settled} |" if sample else ""))
     return lines + [""]

@@ -259,7 +259,7 @@ def write_report(layout: Layout, report_dir: str | os.PathLike, info: ReportInfo
     figs, stages = Figures(report_dir), stage_records(layout)
     results = collect_results(layout, info.preset, info.wall_seconds)
     labels = p2_labels(layout)
-    md = [*header(layout, info, stages), *findings.markdown(results["findings"]),
+    md = [*header(layout, info, stages), *findings.markdown(results["findings"], results.get("preset")),
           *p1_table(layout), *sample_classes(info, figs), *p1_curves(layout, figs), *tsne(layout, figs),
           *p2_table(layout, labels), *p2_figures(layout, figs, labels, info.data_root), *sam(layout, figs),
           *architectures(layout, figs, info.model_names), *commands(layout, stages)]

@@ -246,3 +246,15 @@ def test_a_stopped_training_stage_resumes_and_a_changed_one_starts_afresh(tmp_pa
     lr[0] = "1e-2"
     reproduce.main(argv)
     assert seen.read_text() == "--lr 1e-2" and not (run_dir / "stale").exists()
+
+
+def test_sample_findings_say_whether_a_difference_is_beyond_the_seed_to_seed_spread():
+    """C − A moved by 0.097 between two sample runs: +0.04 is not settled; B − A's +0.15 is."""
+    from hw1 import findings
+
+    results = {"p1": {"A": {"val_acc": 0.29}, "B": {"val_acc": 0.44}, "C": {"val_acc": 0.33}}}
+    rows = [line for line in findings.markdown(findings.check(results), "sample") if line.startswith("| ")]
+    assert rows[0].endswith(" settled |")
+    by_claim = {r.split(" | ")[0][2:]: r for r in rows[1:]}
+    assert by_claim["C beats A"].endswith("| no: inside ±0.097 |") and by_claim["B beats A"].endswith("| yes |")
+    assert all("settled" not in line for line in findings.markdown(findings.check(results), "full"))
