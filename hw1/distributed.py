@@ -42,12 +42,11 @@ def setup_device(name: str, local_rank: int = 0, *, exact: bool = False) -> torc
         has_cuda = torch.cuda.is_available()
     if not has_cuda:
         unusable = _unusable_gpu(caught)
-        if name == "cuda" or unusable:
-            problem, fix = unusable or ("CUDA was requested but no GPU is visible", "use --device cpu or --device auto")
-            if name == "cuda":
-                raise UserError(f"--device {name}", problem, fix)
-            if local_rank == 0:
-                print(f"warning: --device auto: {problem}; running on the CPU — {fix}", file=sys.stderr)
+        if name == "cuda":
+            raise UserError("--device cuda", *(unusable or ("CUDA was requested but no GPU is visible",
+                                                            "use --device cpu or --device auto")))
+        if unusable and local_rank == 0:  # a GPU the user expects to be used: a warning, on stderr
+            print(f"warning: --device auto: {unusable[0]}; running on the CPU — {unusable[1]}", file=sys.stderr)
         elif local_rank == 0:  # on stdout: stderr is kept for errors and warnings about the user's input
             print("note: --device auto: no CUDA GPU is visible; running on the CPU")
         return torch.device("cpu")
