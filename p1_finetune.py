@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, distributed, engine, io, loading, precision
+from hw1 import cache, data, distributed, engine, gpu_aug, io, loading, precision
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
+from hw1.recipes import FINETUNE_VIEW
 from hw1.settings import SETTINGS
 
 OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
@@ -46,6 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"C/E {OUR_BACKBONE})")
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
     parser.add_argument("--results", default="runs/p1_results.csv", help="append the final accuracy here (default: %(default)s)")
+    gpu_aug.add_arg(parser, "the crop, flip and jitter of each training image")
     cache.add_cache_args(parser)
     return parser
 
@@ -70,17 +72,24 @@ def main(argv: list[str] | None = None) -> None:
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
 
-    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
-    val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
     barrier = torch.distributed.barrier if dist.enabled else None
-    train_set = cache.maybe_cached(args, train_set, "office_train", is_main=dist.is_main, barrier=barrier)
+    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
+    augment, before_step = None, None
+    if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
+        train_set = cache.uint8_images(args, train_set.paths, "office_train", labels=train_set.labels,
+                                       is_main=dist.is_main, barrier=barrier)
+        augment = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
+        before_step = gpu_aug.reseed_each_step(augment.generator, args.seed, dist.rank)
+    else:
+        train_set = cache.maybe_cached(args, train_set, "office_train", is_main=dist.is_main, barrier=barrier)
+    val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
     val_set = cache.maybe_cached(args, val_set, "office_val", is_main=dist.is_main, barrier=barrier)
     loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
 
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels = batch
-        return F.cross_entropy(m(images), labels)
+        return F.cross_entropy(m(augment(images) if augment else images), labels)
 
     def evaluate(m: torch.nn.Module, epoch: int) -> dict:
         """Validation accuracy, summed over ranks (each rank sees its share of the val set)."""
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         return {"val_acc": correct / total}
 
     task = engine.Task(
-        model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True,
+        model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True, before_step=before_step,
         meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
               "image_size": args.image_size, "setting": args.setting, "backbone": backbone},
     )

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from hw1 import cache, checkpoint, compat, data, distributed, engine, loading, precision
+from hw1 import cache, checkpoint, data, distributed, engine, gpu_aug, loading, precision
 from hw1.byol import TargetEMA, TwoViews, build_byol
-from hw1.gpu_aug import batch_views
 from hw1.errors import run_main
 from hw1.metrics import knn_accuracy
 from hw1.models import ARCHS, backbone_state, build_resnet, pooled_features
+from hw1.recipes import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,9 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--simplicial", action="store_true", help="byol-pytorch's simplicial embeddings (not BYOL; off)")
     parser.add_argument("--knn-k", type=int, default=20, help="k of the Office-Home kNN monitor (default: %(default)s)")
-    parser.add_argument("--gpu-aug", action=compat.BooleanOptionalAction, default=None,
-                        help="BYOL views as batched tensor ops on the training device, from uint8 batches "
-                             "(default: on with CUDA); --no-gpu-aug: per-sample PIL/torchvision in the loader workers")
+    gpu_aug.add_arg(parser, "BYOL's two views")
     parser.add_argument("--save-best", action="store_true",
                         help="also keep OUT/best.pt: the weights at the best kNN monitor value, written with last.pt")
     cache.add_cache_args(parser)
@@ -61,7 +59,7 @@ def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, s
     for x in images.split(batch_size):
         if tuple(x.shape[-2:]) != (size, size):
             x = TF.resize(x, [size, size], antialias=True)
-        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), data.IMAGENET_MEAN, data.IMAGENET_STD)
+        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
         out.append(fn(loading.to_device(x, x.device, memory_format)).float())  # the model's memory format
     return torch.cat(out)
 
@@ -98,7 +96,7 @@ def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.
         images = cache.decoded_images(args, listed.paths, f"office_{split}", is_main=dist.is_main, barrier=barrier)
         sets.append((images.to(device), torch.tensor(listed.labels, device=device)))
     # The same two BYOL views of up to 256 val images at every evaluation (a fixed seed), so the curve moves with the network only.
-    first_view, second_view = batch_views(args.image_size, seed=args.seed, memory_format=memory_format)
+    first_view, second_view = gpu_aug.batch_views(args.image_size, seed=args.seed, memory_format=memory_format)
     view_pair = [view(sets[1][0][:256]) for view in (first_view, second_view)]
 
     def evaluate(backbone: torch.nn.Module) -> dict:
@@ -121,16 +119,10 @@ def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device
     before_step = None
 
     if args.method == "byol":
-        gpu_aug = device.type == "cuda" if args.gpu_aug is None else args.gpu_aug
-        if gpu_aug:  # the loader yields uint8 images; the model's augment hooks make the two views
-            dataset = (cache.cached_dataset(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
-                       or cache.DecodedImages(paths, cache.image_side(paths)))
-            views = batch_views(args.image_size, memory_format=memory_format)
-            generator = views[0].generator
-
-            def before_step(step: int) -> None:
-                """Each rank's views of a step depend only on (seed, rank, step): a resume, on any rank, draws them again."""
-                generator.manual_seed(distributed.step_seed(args.seed, dist.rank, step))
+        if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the model's augment hooks make the two views
+            dataset = cache.uint8_images(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
+            views = gpu_aug.batch_views(args.image_size, memory_format=memory_format)
+            before_step = gpu_aug.reseed_each_step(views[0].generator, args.seed, dist.rank)
         else:
             views = None
             dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)

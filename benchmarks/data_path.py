@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from hw1 import data, distributed, loading
-from hw1.byol import VIEW_PARAMS, blur_kernel, byol_view_transform
-from hw1.gpu_aug import batch_views
+from hw1.byol import byol_view_transform
+from hw1.gpu_aug import BatchView, batch_views
+from hw1.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
 from .common import make_images, rate, sync, timed_steps
 
@@ -27,18 +28,18 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     x = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device)
     ours = batch_views(s, seed=0, memory_format=cfg.prec.memory_format)
 
-    def kornia_view(blur_p: float, solarize_p: float) -> "K.AugmentationSequential":
+    def kornia_view(r: ViewRecipe) -> "K.AugmentationSequential":
         return K.AugmentationSequential(
-            K.RandomResizedCrop((s, s), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), cropping_mode="resample"),
-            K.RandomHorizontalFlip(), K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
-            K.RandomGaussianBlur((blur_kernel(s),) * 2, (0.1, 2.0), p=blur_p),
-            K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p),
-            K.Normalize(torch.tensor(data.IMAGENET_MEAN, device=device), torch.tensor(data.IMAGENET_STD, device=device)))
+            K.RandomResizedCrop((s, s), scale=r.scale, ratio=r.ratio, cropping_mode="resample"),
+            K.RandomHorizontalFlip(), K.ColorJitter(*r.jitter, p=r.jitter_p), K.RandomGrayscale(p=r.gray_p),
+            K.RandomGaussianBlur((r.blur_kernel(s),) * 2, r.sigma, p=r.blur_p),
+            K.RandomSolarize(thresholds=0.0, additions=0.0, p=r.solarize_p),
+            K.Normalize(torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)))
 
-    tv = [byol_view_transform(s, **p) for p in VIEW_PARAMS]
+    tv = [byol_view_transform(s, r) for r in BYOL_VIEWS]
     impls = {"ours (hw1.gpu_aug)": ("per image", lambda: [v(x) for v in ours])}
     if K is not None:
-        kv = [kornia_view(**p) for p in VIEW_PARAMS]
+        kv = [kornia_view(r) for r in BYOL_VIEWS]
         impls["kornia.augmentation"] = ("per image, but one jitter order per batch",
                                         lambda: [k(x.float() / 255) for k in kv])
     impls["torchvision v2 on the batch"] = ("NO: one draw for the whole batch", lambda: [t(x) for t in tv])
@@ -87,16 +88,18 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
 
 
 def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> list[dict]:
-    """Images/s the fine-tuning loader (decoded-image cache + the classification transform) and the segmentation
-    loader (512 px JPEG + PNG mask, joint flips) feed, with no model, at `--workers`: is the loader what a fast GPU
-    would wait for?"""
+    """Images/s the fine-tuning loader (decoded-image cache + the classification transform in the workers; or, as
+    --gpu-aug has it, cached uint8 batches and the batched view on `device`) and the segmentation loader (512 px
+    JPEG + PNG mask, joint flips) feed, with no model, at `--workers`: is the loader what a fast GPU would wait for?"""
     from hw1 import cache
     from hw1.seg_data import SatMaskDataset, collate, find_pairs, write_mask
 
     dist = distributed.Dist()
     paths = data.mini_paths(cfg.data_root)
-    finetune_set = cache.CachedImages(cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers),
-                                      [0] * len(paths), data.classify_train_transform(cfg.image_size))
+    cached = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
+    finetune_set = cache.CachedImages(cached, [0] * len(paths), data.classify_train_transform(cfg.image_size))
+    uint8_set = cache.CachedImages(cached, [0] * len(paths))
+    view = BatchView(cfg.image_size, FINETUNE_VIEW, torch.Generator().manual_seed(0), cfg.prec.memory_format)
     seg_dir = work / "p2_train"
     if not seg_dir.is_dir():
         sats = make_images(seg_dir, 32, 512, stem="{i:04d}_sat")
@@ -105,15 +108,22 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
             blocks = rng.integers(0, 7, (16, 16))
             write_mask(sat.with_name(sat.name.replace("_sat.jpg", "_mask.png")), blocks.repeat(32, 0).repeat(32, 1))
     seg_set = SatMaskDataset(find_pairs(seg_dir, need_masks=True), 512, augment="flip")
+    ft_batch = min(128, len(finetune_set) // 3)  # the recipe's batch, or 3 batches of --quick's few images
     rows = []
-    for name, dataset, batch, collate_fn in (
-            (f"loader-ft: fine-tuning, cache + crop/flip at {cfg.image_size} px", finetune_set,
-             min(128, len(finetune_set) // 3), None),  # the recipe's batch, or 3 batches of --quick's few images
-            ("loader-seg: segmentation, 512 px JPEG + mask, joint flips", seg_set, 8, collate)):
+    for name, dataset, batch, collate_fn, on_device in (
+            (f"loader-ft: fine-tuning, cache + crop/flip/jitter in the workers at {cfg.image_size} px", finetune_set,
+             ft_batch, None, None),
+            ("loader-ft-uint8: fine-tuning --gpu-aug, cached uint8 batches only", uint8_set, ft_batch, None, None),
+            (f"loader-ft-gpu-aug: fine-tuning --gpu-aug, uint8 batches + the batched view on {device.type}", uint8_set,
+             ft_batch, None, lambda b: view(loading.to_device(b[0], device))),
+            ("loader-seg: segmentation, 512 px JPEG + mask, joint flips", seg_set, 8, collate, None)):
         loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, dist=dist, device=device,
                                      collate_fn=collate_fn)
         times, t = [], time.perf_counter()
-        for k, _ in enumerate(loader):
+        for k, b in enumerate(loader):
+            if on_device is not None:
+                on_device(b)
+                sync(device)
             if k >= 1:  # the first batch waits for the workers to start
                 times.append(time.perf_counter() - t)
             t = time.perf_counter()

@@ -15,27 +15,18 @@ from torchvision.transforms import v2 as T
 
 from .data import normalize
 from .models import build_resnet
+from .recipes import BYOL_VIEWS, ViewRecipe
 
-# The BYOL paper's two view distributions (Grill et al. 2020, Table 6): they differ in blur and solarize.
-VIEW_PARAMS = ({"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2})
-
-
-def blur_kernel(size: int) -> int:
-    """The paper blurs with a kernel ~10% of the image side (23 px at 224); odd, at least 3."""
-    k = max(3, int(round(size * 0.1)))
-    return k if k % 2 else k + 1
-
-
-def byol_view_transform(size: int, blur_p: float, solarize_p: float) -> T.Compose:
+def byol_view_transform(size: int, recipe: ViewRecipe) -> T.Compose:
     """One BYOL view for one PIL image; each call draws its own crop, flip, jitter, blur, solarize."""
     return T.Compose([
         T.PILToTensor(),
-        T.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
+        T.RandomResizedCrop(size, scale=recipe.scale, ratio=recipe.ratio, antialias=True),
         T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p),
-        T.RandomSolarize(threshold=128, p=solarize_p),
+        T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.jitter_p),
+        T.RandomGrayscale(p=recipe.gray_p),
+        T.RandomApply([T.GaussianBlur(recipe.blur_kernel(size), sigma=recipe.sigma)], p=recipe.blur_p),
+        T.RandomSolarize(threshold=128, p=recipe.solarize_p),
         T.ToDtype(torch.float32, scale=True),
         normalize(),
     ])
@@ -45,7 +36,7 @@ class TwoViews:
     """Dataset transform: a PIL image → a (2, C, H, W) tensor of the two BYOL views."""
 
     def __init__(self, size: int) -> None:
-        self.views = [byol_view_transform(size, **p) for p in VIEW_PARAMS]
+        self.views = [byol_view_transform(size, recipe) for recipe in BYOL_VIEWS]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return torch.stack([view(img) for view in self.views])

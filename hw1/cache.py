@@ -264,6 +264,14 @@ def maybe_cached(args: argparse.Namespace, dataset: ImageListDataset, name: str,
     return cached if cached is not None else dataset
 
 
+def uint8_images(args: argparse.Namespace, paths: Sequence[Path], name: str, *, labels: Sequence[int] | None = None,
+                 is_main: bool = True, barrier: Callable[[], None] | None = None) -> CachedImages | DecodedImages:
+    """(uint8 CHW image, label) items for the batched device augmentation (`--gpu-aug`): from the cache when it is
+    on, else decoded from the files on each access (at the same side, so both give the same batches)."""
+    cached = cached_dataset(args, paths, name, labels=labels, is_main=is_main, barrier=barrier)
+    return cached if cached is not None else DecodedImages(paths, image_side(paths), labels)
+
+
 def decoded_images(args: argparse.Namespace, paths: Sequence[Path], name: str, *, is_main: bool = True,
                    barrier: Callable[[], None] | None = None) -> torch.Tensor:
     """Every image of `paths` in one uint8 (N, 3, side, side) tensor in memory: read from the cache when it is

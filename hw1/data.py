@@ -15,9 +15,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from .errors import WARNINGS, UserError
+from .recipes import FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 CSV_COLUMNS = ("id", "filename", "label")
 NUM_OFFICE_CLASSES = 65
@@ -171,11 +170,11 @@ def normalize() -> T.Normalize:
     return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
-def classify_train_transform(size: int) -> T.Compose:
-    """Fine-tuning augmentation: scale crop, flip, mild colour jitter."""
+def classify_train_transform(size: int, recipe: ViewRecipe = FINETUNE_VIEW) -> T.Compose:
+    """Fine-tuning augmentation (the recipe's crop, flip, colour jitter), one image per call."""
     return T.Compose([
-        T.PILToTensor(), T.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), T.RandomHorizontalFlip(),
-        T.ColorJitter(0.2, 0.2, 0.2), T.ToDtype(torch.float32, scale=True), normalize(),
+        T.PILToTensor(), T.RandomResizedCrop(size, scale=recipe.scale, ratio=recipe.ratio, antialias=True),
+        T.RandomHorizontalFlip(), T.ColorJitter(*recipe.jitter), T.ToDtype(torch.float32, scale=True), normalize(),
     ])
 
 

@@ -1,8 +1,9 @@
-"""BYOL's two views as batched tensor ops on any device: uint8 (B, 3, H, W) in, normalised float out.
+"""Random views as batched tensor ops on any device: uint8 (B, 3, H, W) in, normalised float out. BYOL's two
+views (`--gpu-aug` of p1_pretrain.py) and fine-tuning's crop, flip and jitter (`--gpu-aug` of p1_finetune.py).
 
 Each image draws its own crop, flip, jitter (with its own order of the four jitter steps, as
 torchvision's ColorJitter does per call), grayscale, blur sigma and solarize, from the same
-distributions as the CPU path (`hw1.byol.TwoViews`, PIL/torchvision per sample). With the same
+recipe (`hw1.recipes`) as the CPU path (PIL/torchvision per sample). With the same
 parameters the output equals torchvision's per-image ops (tests/test_speed.py) except that values
 stay float between steps (torchvision rounds to uint8 after each) and the bilinear crop reads the
 real neighbouring pixel at the crop's 1-px border, where torchvision repeats the edge.
@@ -23,25 +24,25 @@ BENCHMARKS.md, the GPU choice is untested until that section runs on a GPU):
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from .byol import VIEW_PARAMS, blur_kernel
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from . import compat
+from .distributed import step_seed
+from .recipes import BYOL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
-SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-JITTER_P, JITTER = 0.8, (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-GRAY_P, SIGMA = 0.2, (0.1, 2.0)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 @dataclass
 class ViewParams:
-    """One view's per-image parameters, all CPU tensors of length B."""
+    """One view's per-image parameters, all CPU tensors of length B, and the recipe they were drawn from."""
 
     boxes: torch.Tensor     # (B, 4) crop x1, y1, x2, y2 in source pixels (integers, as torchvision draws them)
     flip: torch.Tensor      # (B,) bool
@@ -52,6 +53,7 @@ class ViewParams:
     blur: torch.Tensor      # (B,) bool
     sigma: torch.Tensor     # (B,) blur sigma (drawn for every image, used where `blur`)
     solarize: torch.Tensor  # (B,) bool
+    recipe: ViewRecipe      # its jitter steps of strength 0 are skipped
 
     def crop_area(self, height: int, width: int) -> torch.Tensor:
         """Each crop's area as a fraction of the source image."""
@@ -59,18 +61,18 @@ class ViewParams:
         return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (height * width)
 
 
-def sample_crops(n: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+def sample_crops(n: int, height: int, width: int, recipe: ViewRecipe, gen: torch.Generator) -> torch.Tensor:
     """torchvision's RandomResizedCrop draw, for n images at once: 10 tries, else a centre crop."""
-    area = height * width
-    target = area * torch.empty(n, 10, dtype=torch.float64).uniform_(*SCALE, generator=gen)
-    log_r = torch.empty(n, 10, dtype=torch.float64).uniform_(math.log(RATIO[0]), math.log(RATIO[1]), generator=gen)
+    area, (r0, r1) = height * width, recipe.ratio
+    target = area * torch.empty(n, 10, dtype=torch.float64).uniform_(*recipe.scale, generator=gen)
+    log_r = torch.empty(n, 10, dtype=torch.float64).uniform_(math.log(r0), math.log(r1), generator=gen)
     w = torch.sqrt(target * log_r.exp()).round()
     h = torch.sqrt(target / log_r.exp()).round()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = ok.to(torch.uint8).argmax(1, keepdim=True)
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
     found = ok.any(1)
-    fw, fh = _centre_crop_size(height, width)
+    fw, fh = _centre_crop_size(height, width, recipe.ratio)
     w, h = torch.where(found, w, fw), torch.where(found, h, fh)
     u = torch.rand(n, 2, dtype=torch.float64, generator=gen)
     top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), (height - h) // 2)
@@ -78,28 +80,29 @@ def sample_crops(n: int, height: int, width: int, gen: torch.Generator) -> torch
     return torch.stack([left, top, left + w, top + h], 1).float()
 
 
-def _centre_crop_size(height: int, width: int) -> tuple[float, float]:
+def _centre_crop_size(height: int, width: int, ratios: tuple[float, float]) -> tuple[float, float]:
     ratio = width / height
-    if ratio < RATIO[0]:
-        return float(width), float(round(width / RATIO[0]))
-    if ratio > RATIO[1]:
-        return float(round(height * RATIO[1])), float(height)
+    if ratio < ratios[0]:
+        return float(width), float(round(width / ratios[0]))
+    if ratio > ratios[1]:
+        return float(round(height * ratios[1])), float(height)
     return float(width), float(height)
 
 
-def sample_view(n: int, height: int, width: int, blur_p: float, solarize_p: float, gen: torch.Generator) -> ViewParams:
-    """Draw one view's parameters for n images of height x width."""
+def sample_view(n: int, height: int, width: int, recipe: ViewRecipe, gen: torch.Generator) -> ViewParams:
+    """Draw one view's parameters for n images of height x width (every draw is made whatever the recipe, so a
+    generator's stream does not depend on it)."""
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, generator=gen) < p
 
-    b, c, s, hue = JITTER
+    b, c, s, hue = recipe.jitter
     lo = torch.tensor([1 - b, 1 - c, 1 - s, -hue])
     hi = torch.tensor([1 + b, 1 + c, 1 + s, hue])
     return ViewParams(
-        boxes=sample_crops(n, height, width, gen), flip=coin(0.5), jitter=coin(JITTER_P),
+        boxes=sample_crops(n, height, width, recipe, gen), flip=coin(0.5), jitter=coin(recipe.jitter_p),
         factors=lo + (hi - lo) * torch.rand(n, 4, generator=gen), order=torch.rand(n, 4, generator=gen).argsort(1),
-        gray=coin(GRAY_P), blur=coin(blur_p), sigma=torch.empty(n).uniform_(*SIGMA, generator=gen),
-        solarize=coin(solarize_p),
+        gray=coin(recipe.gray_p), blur=coin(recipe.blur_p), sigma=torch.empty(n).uniform_(*recipe.sigma, generator=gen),
+        solarize=coin(recipe.solarize_p), recipe=recipe,
     )
 
 
@@ -227,7 +230,7 @@ def apply_view(images: torch.Tensor, p: ViewParams, size: int,
     for k in range(4):
         x = _gather(x, sorts[k])
         for step, (a, z) in enumerate(zip([0] + plan.bounds[k][:3], plan.bounds[k])):
-            if z > a:
+            if z > a and p.recipe.jitter[step] > 0:
                 JITTER_STEPS[step](x[a:z], factors[k, a:z, step])
     x = _gather(x, sorts[4])
     for a, z, code in plan.groups:
@@ -236,7 +239,7 @@ def apply_view(images: torch.Tensor, p: ViewParams, size: int,
         if code & _FLIP:
             x[a:z] = x[a:z].flip(-1)
     if plan.n_blur:
-        x[:plan.n_blur] = gaussian_blur(x[:plan.n_blur], sigma[:plan.n_blur], blur_kernel(size))
+        x[:plan.n_blur] = gaussian_blur(x[:plan.n_blur], sigma[:plan.n_blur], p.recipe.blur_kernel(size))
     for a, z, code in plan.groups:
         if code & _SOLARIZE:
             s = x[a:z]
@@ -248,21 +251,21 @@ def apply_view(images: torch.Tensor, p: ViewParams, size: int,
 
 
 class BatchView(nn.Module):
-    """byol-pytorch's `augment_fn` hook: one BYOL view of a uint8 batch, each image its own draw.
+    """One view of a uint8 batch, each image its own draw from `recipe` (also byol-pytorch's `augment_fn` hook).
 
     A float batch passes through unchanged: byol-pytorch probes its constructor with `randn`. The view is
     computed in fp32 whatever autocast the caller runs under (BYOL's forward runs under bf16/fp16).
     """
 
-    def __init__(self, size: int, blur_p: float, solarize_p: float, generator: torch.Generator,
+    def __init__(self, size: int, recipe: ViewRecipe, generator: torch.Generator,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         super().__init__()
-        self.size, self.blur_p, self.solarize_p, self.generator = size, blur_p, solarize_p, generator
+        self.size, self.recipe, self.generator = size, recipe, generator
         self.memory_format = memory_format
         self.last: ViewParams | None = None
 
     def sample(self, n: int, height: int, width: int) -> ViewParams:
-        return sample_view(n, height, width, self.blur_p, self.solarize_p, self.generator)
+        return sample_view(n, height, width, self.recipe, self.generator)
 
     @torch.compiler.disable  # host-side draws and data-dependent slices: keep it out of torch.compile graphs
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -274,12 +277,32 @@ class BatchView(nn.Module):
             return apply_view(images, self.last, self.size, self.memory_format)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, blur_p={self.blur_p}, solarize_p={self.solarize_p}"
+        return f"size={self.size}, {self.recipe}"
+
+
+def add_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--gpu-aug", action=compat.BooleanOptionalAction, default=None,
+                        help=f"{what} as batched tensor ops on the training device, from uint8 batches (default: on "
+                             "with CUDA); --no-gpu-aug: per image with torchvision in the loader workers")
+
+
+def wanted(flag: bool | None, device: torch.device) -> bool:
+    """--gpu-aug's value: on with CUDA unless the user said otherwise."""
+    return device.type == "cuda" if flag is None else flag
+
+
+def reseed_each_step(generator: torch.Generator, seed: int, rank: int) -> Callable[[int], None]:
+    """`Task.before_step`: a rank's draws at a step depend only on (seed, rank, step), so a resume, on any rank,
+    draws them again."""
+    def before_step(step: int) -> None:
+        generator.manual_seed(step_seed(seed, rank, step))
+
+    return before_step
 
 
 def batch_views(size: int, seed: int = 0,
                 memory_format: torch.memory_format = torch.contiguous_format) -> tuple[BatchView, BatchView]:
-    """The two BYOL views (hw1.byol.VIEW_PARAMS) sharing one seeded host generator."""
+    """The two BYOL views (hw1.recipes.BYOL_VIEWS) sharing one seeded host generator."""
     gen = torch.Generator().manual_seed(seed)
-    v1, v2 = (BatchView(size, p["blur_p"], p["solarize_p"], gen, memory_format) for p in VIEW_PARAMS)
+    v1, v2 = (BatchView(size, recipe, gen, memory_format) for recipe in BYOL_VIEWS)
     return v1, v2

@@ -14,8 +14,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from . import io
-from .data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from .data import load_rgb
 from .errors import WARNINGS, UserError
+from .recipes import IMAGENET_MEAN, IMAGENET_STD
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
 CLASS_COLOURS = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0),

@@ -11,7 +11,9 @@ import torch
 import p1_finetune
 import reproduce
 from conftest import P1_LEARN_EPOCHS, P1_SMALL
+from hw1 import gpu_aug
 from hw1.models import load_backbone_file
+from hw1.recipes import FINETUNE_VIEW
 from robust_helpers import small_p1_root
 
 SETTINGS = ("A", "B", "C", "D", "E", "E0")
@@ -75,6 +77,29 @@ def test_setting_a_learns_well_above_chance(p1_classifier: Path) -> None:
     assert len(log) == P1_LEARN_EPOCHS
     assert float(log[-1]["train_loss"]) < 0.6 * float(log[0]["train_loss"])
     assert float(log[-1]["val_acc"]) >= LEARNED, [r["val_acc"] for r in log]
+
+
+def test_gpu_aug_feeds_uint8_batches_through_the_batched_fine_tuning_view(tiny_data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--gpu-aug (the default on CUDA; here on the CPU): the loader yields the cached uint8 images and each step
+    augments its batch with the fine-tuning recipe, each step with its own draws."""
+    seen = []
+    real_forward = gpu_aug.BatchView.forward
+
+    def record(self: gpu_aug.BatchView, images: torch.Tensor) -> torch.Tensor:
+        out = real_forward(self, images)
+        seen.append((images.dtype, tuple(images.shape[-2:]), out, self.recipe, self.last))
+        return out
+
+    monkeypatch.setattr(gpu_aug.BatchView, "forward", record)
+    run_finetune(tiny_data, tmp_path, "A", None, "--gpu-aug", "--batch-size", "32", "--epochs", "1", "--max-steps", "2",
+                 "--cache-dir", str(tmp_path / "cache"))
+    assert len(seen) == 2 and list((tmp_path / "cache").glob("office_train-*.npy"))
+    for dtype, side, out, recipe, params in seen:
+        assert dtype == torch.uint8 and side == (64, 64) and recipe == FINETUNE_VIEW  # the tiny data's 64 px images
+        assert out.dtype == torch.float32 and out.shape == (32, 3, 32, 32) and abs(out.mean().item()) < 1.5
+    assert not torch.equal(seen[0][4].boxes, seen[1][4].boxes)
+    assert (tmp_path / "last.pt").is_file()
 
 
 def test_defaults_are_the_reference_recipe(capsys: pytest.CaptureFixture) -> None:

@@ -4,6 +4,7 @@ plus fp16 with gradient scaling (what an RTX 2080 Ti runs), so a dtype or layout
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import p2_inference
 from conftest import P1_SMALL
 from hw1 import precision
 from hw1.gpu_aug import BatchView, apply_view
+from hw1.recipes import BYOL_VIEWS
 from robust_helpers import small_p1_root, small_p2_root
 
 CPU = ["--device", "cpu"]
@@ -79,14 +81,14 @@ def test_explicit_choices_are_kept_and_cpu_bf16_takes_the_gpu_layout():
 def test_batched_views_are_fp32_under_the_callers_autocast():
     """BYOL's forward (and so its augment hooks) runs under autocast; the views must not notice."""
     images = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
-    view = lambda: BatchView(32, 1.0, 0.2, torch.Generator().manual_seed(3))  # noqa: E731 - blur on every image
+    view = lambda: BatchView(32, dataclasses.replace(BYOL_VIEWS[0], solarize_p=0.2), torch.Generator().manual_seed(3))  # noqa: E731 - blur on every image
     plain = view()(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = view()(images)
         control = apply_view(images, view().sample(16, 40, 40), 32)  # the same ops, autocast left on
     assert under.dtype == torch.float32 and torch.equal(under, plain)
     assert not torch.equal(control, plain), "autocast changed nothing: this test would prove nothing"
-    formatted = BatchView(32, 1.0, 0.2, torch.Generator().manual_seed(3), torch.channels_last)(images)
+    formatted = BatchView(32, dataclasses.replace(BYOL_VIEWS[0], solarize_p=0.2), torch.Generator().manual_seed(3), torch.channels_last)(images)
     assert formatted.is_contiguous(memory_format=torch.channels_last) and torch.equal(formatted, plain)
 
 

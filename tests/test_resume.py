@@ -161,6 +161,22 @@ def test_sigterm_to_process_group_saves_batch_position_and_resume_matches(p1_roo
     assert not list(out.glob(".*.tmp*")), "a temp file was left behind"
 
 
+def test_sigterm_mid_epoch_then_resume_with_gpu_aug_matches_uninterrupted(p1_root, tmp_path):
+    """--gpu-aug draws each step's crops, flips and jitter from (seed, rank, step): a resume from the middle of an
+    epoch draws the same ones again."""
+    def argv(out: Path) -> list[str]:
+        return finetune_args(p1_root, out) + ["--gpu-aug"]
+
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    train_in_process(p1_finetune.main, argv(reference))
+    code = interrupt_in_epoch_2("p1_finetune.py", argv(out), signal.SIGTERM, tmp_path)
+    assert code == 143, (tmp_path / "SIGTERM.stderr").read_text()[-2000:]
+    stopped = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert stopped["epoch"] == 1 and 1 <= stopped["batch_in_epoch"] < STEPS_PER_EPOCH
+    train_in_process(p1_finetune.main, argv(out) + ["--resume"])
+    assert_same_run(out / "last.pt", reference / "last.pt")
+
+
 class _Draws(torch.utils.data.Dataset):
     """Each item: one draw of the torch RNG (as an augmentation would make) and the process that made it."""
 

@@ -1,6 +1,7 @@
 """The speed work of issue 8: batched BYOL views, the decoded-image cache, --gpu-aug training, bench.py --quick."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +17,10 @@ from PIL import Image
 
 from conftest import V2_PARAMS_METHOD
 from hw1 import cache
-from hw1.byol import VIEW_PARAMS, TwoViews, blur_kernel
-from hw1.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from hw1.byol import TwoViews
+from hw1.data import classify_train_transform, load_rgb
 from hw1.gpu_aug import BatchView, ViewParams, apply_view, batch_views, sample_view
+from hw1.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(IMAGENET_MEAN).view(-1, 3, 1, 1)
@@ -52,7 +54,7 @@ def test_each_image_of_a_batch_gets_its_own_crop() -> None:
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     coords = torch.stack([xx * 4, yy * 4, torch.zeros_like(xx)]).to(torch.uint8)  # R = 4x, G = 4y
     images = coords.expand(n, -1, -1, -1).contiguous()
-    p = plain(sample_view(n, side, side, 1.0, 0.0, torch.Generator().manual_seed(0)))
+    p = plain(sample_view(n, side, side, BYOL_VIEWS[0], torch.Generator().manual_seed(0)))
     out = to_255(apply_view(images, p, 32))
     assert len({tuple(b.tolist()) for b in p.boxes}) == n, "every image draws its own box"
     for i, (x1, y1, x2, y2) in enumerate(p.boxes.tolist()):
@@ -60,7 +62,7 @@ def test_each_image_of_a_batch_gets_its_own_crop() -> None:
         assert out[i, 0, 16, 16].item() / 4 == pytest.approx((x1 + x2) / 2 - 0.5 + (x2 - x1) / 64, abs=0.6)
         assert out[i, 1, 16, 16].item() / 4 == pytest.approx((y1 + y2) / 2 - 0.5 + (y2 - y1) / 64, abs=0.6)
     # Through the module too: identical inputs come out all different.
-    views = BatchView(32, 1.0, 0.0, torch.Generator().manual_seed(1))(images)
+    views = BatchView(32, BYOL_VIEWS[0], torch.Generator().manual_seed(1))(images)
     flat = views.flatten(1)
     assert all(not torch.allclose(flat[i], flat[j]) for i in range(n) for j in range(i))
 
@@ -78,7 +80,7 @@ def reference_view(img: torch.Tensor, p: ViewParams, i: int, size: int) -> torch
     if p.gray[i]:
         x = TF.rgb_to_grayscale(x, 3)
     if p.blur[i]:
-        x = TF.gaussian_blur(x, [blur_kernel(size)] * 2, [p.sigma[i].item()] * 2)
+        x = TF.gaussian_blur(x, [p.recipe.blur_kernel(size)] * 2, [p.sigma[i].item()] * 2)
     if p.solarize[i]:
         x = TF.solarize(x, 128 / 255)
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
@@ -91,8 +93,8 @@ def test_batched_view_equals_torchvision_per_image_with_the_same_parameters() ->
     n, side = 24, 48
     images = (torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=(side, side), mode="bilinear") * 255).to(torch.uint8)
     gen = torch.Generator().manual_seed(0)
-    for blur_p, solarize_p in [*(tuple(v.values()) for v in VIEW_PARAMS), (0.5, 0.5)]:
-        p = sample_view(n, side, side, blur_p, solarize_p, gen)
+    for recipe in [*BYOL_VIEWS, dataclasses.replace(BYOL_VIEWS[0], blur_p=0.5, solarize_p=0.5), FINETUNE_VIEW]:
+        p = sample_view(n, side, side, recipe, gen)
         out = apply_view(images, p, side)
         for i in range(n):
             diff = (out[i] - reference_view(images[i], p, i, side)).abs()[:, 3:-3, 3:-3]
@@ -129,7 +131,7 @@ def cpu_path_stats() -> list[dict[str, torch.Tensor]]:
     """TwoViews (PIL, per image) on the probes; crop area and blur from the transforms' own draws."""
     torch.manual_seed(0)
     two = TwoViews(SIDE)
-    drawn: list[dict[str, list]] = [{"area": [], "sigma": []} for _ in VIEW_PARAMS]
+    drawn: list[dict[str, list]] = [{"area": [], "sigma": []} for _ in BYOL_VIEWS]
     for v, view in enumerate(two.views):
         crop, blur = view.transforms[1], view.transforms[5].transforms[0]
         crop_params, blur_params = getattr(crop, V2_PARAMS_METHOD), getattr(blur, V2_PARAMS_METHOD)
@@ -182,10 +184,10 @@ def gpu_path_stats() -> tuple[list[dict[str, torch.Tensor]], list[dict[str, floa
 def test_batched_views_match_the_cpu_path_in_distribution() -> None:
     cpu = cpu_path_stats()
     gpu, agreement = gpu_path_stats()
-    for v, expect in enumerate(VIEW_PARAMS):
+    for v, expect in enumerate(BYOL_VIEWS):
         # The outputs show exactly the drawn parameters (the batch's sorting and restoring keep images apart).
         assert min(agreement[v].values()) >= 0.99, agreement[v]
-        nominal = {"flip": 0.5, "gray": 0.2, "solarize": expect["solarize_p"], "blur": expect["blur_p"]}
+        nominal = {"flip": 0.5, "gray": expect.gray_p, "solarize": expect.solarize_p, "blur": expect.blur_p}
         for name in ("flip", "gray", "solarize", "area", "sigma"):
             a, b = cpu[v][name].float(), gpu[v][name].float()
             se = math.sqrt(a.var(unbiased=True).nan_to_num().item() / len(a) + b.var(unbiased=True).nan_to_num().item() / len(b))
@@ -198,6 +200,28 @@ def test_batched_views_match_the_cpu_path_in_distribution() -> None:
         p = nominal["blur"]
         tol = 4 * math.sqrt(max(p * (1 - p), 1e-4) * (1 / (2 * N_DRAWS) + 1 / len(gpu[v]["blur"])))
         assert abs(cpu_blur - gpu_blur) <= tol + 1e-6, f"view {v + 1} blur rate: CPU path {cpu_blur:.3f}, batched {gpu_blur:.3f}"
+
+
+def test_fine_tuning_view_draws_what_the_per_image_transform_draws() -> None:
+    """p1_finetune --gpu-aug: crops of half to all of the image with the same areas as torchvision's
+    `classify_train_transform` draws, half the images flipped, every image's brightness, contrast and saturation
+    jittered by up to 20% and its hue never, and no grayscale, blur or solarize."""
+    n, side = 4000, 64
+    p = sample_view(n, side, side, FINETUNE_VIEW, torch.Generator().manual_seed(0))
+    transform = classify_train_transform(side)
+    crop = transform.transforms[1]
+    cpu_area = []
+    for _ in range(n):
+        params = getattr(crop, V2_PARAMS_METHOD)([torch.zeros(3, side, side, dtype=torch.uint8)])
+        cpu_area.append(params["height"] * params["width"] / side**2)
+    gpu_area, cpu_area = p.crop_area(side, side).double(), torch.tensor(cpu_area, dtype=torch.float64)
+    assert gpu_area.min() >= 0.47 and gpu_area.max() <= 1.0  # 0.5 of the area, less the rounding of a side
+    se = math.sqrt(gpu_area.var().item() / n + cpu_area.var().item() / n)
+    assert abs(gpu_area.mean() - cpu_area.mean()) < 4 * se, (gpu_area.mean(), cpu_area.mean())
+    assert abs(p.flip.float().mean() - 0.5) < 0.03
+    assert p.jitter.all() and not (p.gray.any() or p.blur.any() or p.solarize.any())
+    assert p.factors[:, :3].min() >= 0.8 and p.factors[:, :3].max() <= 1.2 and (p.factors[:, 3] == 0).all()
+    assert p.factors[:, :3].std() > 0.1  # spread over the range, not stuck at 1
 
 
 # ---------------------------------------------------------------- the cache
