@@ -66,26 +66,26 @@ def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    dist, device = distributed.init_distributed(args.device)
+    world, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
     model, backbone = build_classifier(args)
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
 
-    barrier = torch.distributed.barrier if dist.enabled else None
+    barrier = torch.distributed.barrier if world.enabled else None
     train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
     augment, before_step = None, None
     if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
         train_set = cache.uint8_images(args, train_set.paths, "office_train", labels=train_set.labels,
-                                       is_main=dist.is_main, barrier=barrier)
+                                       is_main=world.is_main, barrier=barrier)
         augment = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
-        before_step = gpu_aug.reseed_each_step(augment.generator, args.seed, dist.rank)
+        before_step = gpu_aug.reseed_each_step(augment.generator, args.seed, world.rank)
     else:
-        train_set = cache.maybe_cached(args, train_set, "office_train", is_main=dist.is_main, barrier=barrier)
+        train_set = cache.maybe_cached(args, train_set, "office_train", is_main=world.is_main, barrier=barrier)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
-    val_set = cache.maybe_cached(args, val_set, "office_val", is_main=dist.is_main, barrier=barrier)
-    loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, dist=dist, device=device)
-    val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, dist=dist, device=device)
+    val_set = cache.maybe_cached(args, val_set, "office_val", is_main=world.is_main, barrier=barrier)
+    loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, world=world, device=device)
+    val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, world=world, device=device)
 
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels = batch
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
               "image_size": args.image_size, "setting": args.setting, "backbone": backbone},
     )
-    if dist.is_main:
+    if world.is_main:
         frozen = "backbone frozen" if model.frozen else "full model"
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / {len(val_set)} val images, {device}")
-    history = engine.fit(args, task, loader, dist, device)
-    if dist.is_main and history:
+    history = engine.fit(args, task, loader, world, device)
+    if world.is_main and history:
         final = history[-1].get("val_acc", float("nan"))
         best = max(r.get("val_acc", 0.0) for r in history)
         print(f"setting {args.setting}: final val acc {final:.4f} (best {best:.4f}) — checkpoints in {args.out}")

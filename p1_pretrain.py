@@ -78,7 +78,7 @@ def view_gap(fn: Callable[[torch.Tensor], torch.Tensor], first: torch.Tensor, se
     return (same - (cos.sum() - cos.diagonal().sum()) / max(1, n * n - n)).item()
 
 
-def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.device, memory_format: torch.memory_format):
+def knn_monitor(args: argparse.Namespace, world: distributed.World, device: torch.device, memory_format: torch.memory_format):
     """Cosine kNN accuracy, Office-Home train → val, of a backbone's pooled features (None without the data),
     and `view_gap`: BYOL's own aim, measured on the backbone (see `view_gap`).
 
@@ -89,11 +89,11 @@ def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.
     if not (office / "train.csv").is_file():
         print(f"note: {office} not found; the kNN monitor is off")
         return None
-    barrier = torch.distributed.barrier if dist.enabled else None
+    barrier = torch.distributed.barrier if world.enabled else None
     sets = []
     for split in ("train", "val"):
         listed = data.office_dataset(args.data_root, split, None)
-        images = cache.decoded_images(args, listed.paths, f"office_{split}", is_main=dist.is_main, barrier=barrier)
+        images = cache.decoded_images(args, listed.paths, f"office_{split}", is_main=world.is_main, barrier=barrier)
         sets.append((images.to(device), torch.tensor(listed.labels, device=device)))
     # The same two BYOL views of up to 256 val images at every evaluation (a fixed seed), so the curve moves with the network only.
     first_view, second_view = gpu_aug.batch_views(args.image_size, seed=args.seed, memory_format=memory_format)
@@ -109,24 +109,24 @@ def knn_monitor(args: argparse.Namespace, dist: distributed.Dist, device: torch.
     return evaluate
 
 
-def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device) -> tuple[engine.Task, torch.utils.data.DataLoader]:
+def setup(args: argparse.Namespace, world: distributed.World, device: torch.device) -> tuple[engine.Task, torch.utils.data.DataLoader]:
     """The pre-training task and its loader (bench.py times exactly this)."""
     out = Path(args.out)
     paths = data.mini_paths(args.data_root)
     memory_format = precision.resolve(args.precision, device).memory_format
-    knn = knn_monitor(args, dist, device, memory_format)
-    barrier = torch.distributed.barrier if dist.enabled else None
+    knn = knn_monitor(args, world, device, memory_format)
+    barrier = torch.distributed.barrier if world.enabled else None
     before_step = None
 
     if args.method == "byol":
         if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the model's augment hooks make the two views
-            dataset = cache.uint8_images(args, paths, "mini_train", is_main=dist.is_main, barrier=barrier)
+            dataset = cache.uint8_images(args, paths, "mini_train", is_main=world.is_main, barrier=barrier)
             views = gpu_aug.batch_views(args.image_size, memory_format=memory_format)
-            before_step = gpu_aug.reseed_each_step(views[0].generator, args.seed, dist.rank)
+            before_step = gpu_aug.reseed_each_step(views[0].generator, args.seed, world.rank)
         else:
             views = None
             dataset = data.ImageListDataset(paths, transform=TwoViews(args.image_size), skip_unreadable=True)
-            dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
+            dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=world.is_main, barrier=barrier)
         model = build_byol(args.arch, args.image_size, device, augment_fns=views, projection_size=args.projection_size,
                            projection_hidden_size=args.projection_hidden_size, simplicial=args.simplicial,
                            memory_format=memory_format)
@@ -135,13 +135,13 @@ def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device
     else:
         labels = [data.mini_label(p) for p in paths]
         dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(args.image_size), skip_unreadable=True)
-        dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=dist.is_main, barrier=barrier)
+        dataset = cache.maybe_cached(args, dataset, "mini_train", is_main=world.is_main, barrier=barrier)
         model = build_resnet(args.arch, num_classes=max(labels) + 1).to(device, memory_format=memory_format)
         backbone = model
         loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
 
     loader = loading.make_loader(dataset, args.batch_size, train=True, workers=args.workers, seed=args.seed,
-                                 dist=dist, device=device)
+                                 world=world, device=device)
     total_steps = loader.sampler.batches_per_epoch() * args.epochs
     after_step = TargetEMA(model, total_steps, args.ema_start) if args.method == "byol" else None
 
@@ -163,15 +163,15 @@ def setup(args: argparse.Namespace, dist: distributed.Dist, device: torch.device
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    dist, device = distributed.init_distributed(args.device)
+    world, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
-    task, loader = setup(args, dist, device)
+    task, loader = setup(args, world, device)
     dataset = loader.dataset.dataset  # inside loading.Seeded
     out = Path(args.out)
-    if dist.is_main:
-        print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {dist.world_size}")
-    history = engine.fit(args, task, loader, dist, device)
-    if dist.is_main and history:
+    if world.is_main:
+        print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {world.size}")
+    history = engine.fit(args, task, loader, world, device)
+    if world.is_main and history:
         print(f"backbone: {out / 'backbone_last.pt'}")
     distributed.cleanup_distributed()
 

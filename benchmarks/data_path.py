@@ -58,7 +58,7 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     from hw1 import cache
     from hw1.byol import TwoViews
 
-    dist = distributed.Dist()
+    world = distributed.World()
     paths = data.mini_paths(cfg.data_root)
     n_batches = cfg.warmup + cfg.steps
     rows = []
@@ -69,7 +69,7 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     for name, dataset, augment in (("data-b: loader, TwoViews per image (CPU path)", b_set, False),
                                    ("data-c: cache loader only", c_set, False),
                                    ("data-c: cache loader + batched views on the device", c_set, True)):
-        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, dist=dist, device=device)
+        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, world=world, device=device)
         it = iter(loader)
         times = []
         for k in range(min(n_batches, len(loader))):
@@ -94,7 +94,7 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
     from hw1 import cache
     from hw1.seg_data import SatMaskDataset, collate, find_pairs, write_mask
 
-    dist = distributed.Dist()
+    world = distributed.World()
     paths = data.mini_paths(cfg.data_root)
     cached = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
     finetune_set = cache.CachedImages(cached, [0] * len(paths), data.classify_train_transform(cfg.image_size))
@@ -117,7 +117,7 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
             (f"loader-ft-gpu-aug: fine-tuning --gpu-aug, uint8 batches + the batched view on {device.type}", uint8_set,
              ft_batch, None, lambda b: view(loading.to_device(b[0], device))),
             ("loader-seg: segmentation, 512 px JPEG + mask, joint flips", seg_set, 8, collate, None)):
-        loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, dist=dist, device=device,
+        loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, world=world, device=device,
                                      collate_fn=collate_fn)
         times, t = [], time.perf_counter()
         for k, b in enumerate(loader):

@@ -109,7 +109,7 @@ def loader_start_up(cfg: argparse.Namespace, device: torch.device, rows: dict[st
     for name, dataset in (("(c) cache", cache.CachedImages(c_path)),
                           ("(b) TwoViews", data.ImageListDataset(paths, transform=TwoViews(cfg.image_size)))):
         loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0,
-                                     dist=distributed.Dist(), device=device)
+                                     world=distributed.World(), device=device)
         firsts = []
         for epoch in range(2):  # epoch 0 starts the workers, as every epoch did before; epoch 1 finds them kept
             loader.sampler.set_epoch(epoch)

@@ -89,11 +89,11 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
         args = pretrain_args(cfg, Path(out), *flags)
         distributed.seed_everything(0)
         with PeakMemory(device) as mem:
-            task, loader = p1_pretrain.setup(args, distributed.Dist(), device)
+            task, loader = p1_pretrain.setup(args, distributed.World(), device)
             task.evaluate, task.on_save, task.keep_first = None, None, False
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
-                history = engine.fit(args, task, loader, distributed.Dist(), device)
+                history = engine.fit(args, task, loader, distributed.World(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
     row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first,
@@ -143,7 +143,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = pretrain_args(cfg, Path(out), "--gpu-aug", "--cache")
         args.max_steps = 4  # steps 0, 1 wait, 2 warms the profiler up, 3 is recorded
-        task, loader = p1_pretrain.setup(args, distributed.Dist(), device)
+        task, loader = p1_pretrain.setup(args, distributed.World(), device)
         task.evaluate, task.on_save, task.keep_first = None, None, False
         forward, ema = task.loss_fn, task.after_step
 
@@ -161,7 +161,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
 
         task.loss_fn, task.after_step = loss_fn, after_step
         with prof:
-            engine.fit(args, task, loader, distributed.Dist(), device)
+            engine.fit(args, task, loader, distributed.World(), device)
     events = prof.key_averages()
     on_gpu = device.type == "cuda"
 

@@ -16,11 +16,11 @@ from .errors import UserError
 
 
 @dataclass
-class Dist:
+class World:
     """Where this process sits in a (possibly one-process) distributed run."""
 
     rank: int = 0
-    world_size: int = 1
+    size: int = 1           # processes in the run
     local_rank: int = 0
 
     @property
@@ -29,7 +29,7 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.size > 1
 
 
 def setup_device(name: str, local_rank: int = 0, *, exact: bool = False) -> torch.device:
@@ -75,15 +75,15 @@ def _unusable_gpu(caught: list) -> tuple[str, str] | None:
             "install a torch build that matches the driver (nvidia-smi shows its CUDA version)")
 
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+def init_distributed(device_name: str) -> tuple[World, torch.device]:
     """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = setup_device(device_name, dist.local_rank)
-    if dist.enabled and not torch_dist.is_initialized():
+    env = {k: int(os.environ.get(k, default)) for k, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))}
+    world = World(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"])
+    device = setup_device(device_name, world.local_rank)
+    if world.enabled and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch_dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return dist, device
+    return world, device
 
 
 def cleanup_distributed() -> None:
@@ -102,11 +102,11 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 10_000_019 + step) % 2**63
 
 
-def seed_step(seed: int, dist: Dist, step: int) -> None:
+def seed_step(seed: int, world: World, step: int) -> None:
     """Under DDP, reseed this rank's global stream for a step: every rank was seeded alike (identical initial
     weights), but dropout must draw other masks on each rank, and again the same ones after a resume."""
-    if dist.enabled:
-        torch.manual_seed(step_seed(seed, dist.rank, step))
+    if world.enabled:
+        torch.manual_seed(step_seed(seed, world.rank, step))
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, compat, io, precision, stopping, train_state
-from .distributed import Dist, all_reduce_sum, seed_step
+from .distributed import World, all_reduce_sum, seed_step
 from .errors import WARNINGS, UserError
 from .loading import to_device
 from .train_state import TrainState
@@ -82,11 +82,11 @@ class Task:
 # ---------------------------------------------------------------- the training loop
 
 
-def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, device: torch.device) -> list[dict]:
+def fit(args: argparse.Namespace, task: Task, loader: DataLoader, world: World, device: torch.device) -> list[dict]:
     """Train `task.model` with AdamW + warm-up/cosine; log, checkpoint and resume. Returns the epoch log."""
     out = Path(args.out)
     if getattr(args, "print_model", False):
-        if dist.is_main:
+        if world.is_main:
             text = describe_model(task.model)
             io.write_text(out / "model.txt", text)
             print(text + f"\nwrote {out / 'model.txt'}")
@@ -94,11 +94,11 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
     for flag in ("eval_every", "save_every"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}", f"must be 1 or more, not {getattr(args, flag)}", "pass a number of epochs")
-    if dist.is_main:
+    if world.is_main:
         io.ensure_dir(out)  # an unwritable --out fails now, not after the first epoch
-    run = train_state.start(args, task, loader, dist, device)
+    run = train_state.start(args, task, loader, world, device)
     start_epoch, start_batch = train_state.resume(run) if args.resume else (0, 0)
-    train_model = _wrap(task.model, args, dist, device)
+    train_model = _wrap(task.model, args, world, device)
     history: list[dict] = []
     if task.evaluate and task.evaluate_at_start and run.step == 0:  # the baseline a run's progress is measured from
         history.append(_evaluate_initial(run))
@@ -111,15 +111,15 @@ def fit(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, de
             done = _train_epoch(run, train_model, epoch, stop)
             history.append(_end_epoch(run, epoch, done))
             if done.stopping:  # the signal came with the epoch's last batch: the epoch ended normally above
-                if dist.is_main:
+                if world.is_main:
                     print(f"stopped after epoch {epoch + 1}; resume with --resume")
                 stopping.exit_stopped()
     return history
 
 
-def _wrap(model: nn.Module, args: argparse.Namespace, dist: Dist, device: torch.device) -> nn.Module:
+def _wrap(model: nn.Module, args: argparse.Namespace, world: World, device: torch.device) -> nn.Module:
     """The module the steps call: DDP across ranks, then torch.compile when asked; `model` stays the one saved."""
-    if dist.enabled:
+    if world.enabled:
         model = nn.parallel.DistributedDataParallel(model, **({"device_ids": [device.index]} if device.type == "cuda" else {}))
     return torch.compile(model) if args.compile else model
 
@@ -145,7 +145,7 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
     n_steps, stop_now, data_wait, next_batch = 0, False, 0.0, first_batch
     t0 = t_ready = time.perf_counter()
     bar = tqdm(iter(run.loader), total=len(run.loader), desc=f"epoch {epoch + 1}/{run.args.epochs}",
-               disable=not run.dist.is_main, leave=False, dynamic_ncols=True)
+               disable=not run.world.is_main, leave=False, dynamic_ncols=True)
     for next_batch, batch in enumerate(bar, start=first_batch + 1):  # numbered as the batch after it
         data_wait += time.perf_counter() - t_ready
         loss = _step(run, train_model, run.task.device_batch(batch, device, run.prec.memory_format))
@@ -154,7 +154,7 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
         first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=float(run.step)))  # no host→device copy: no sync
         # Ranks agree on stopping (NaN, SIGTERM) at these steps; the last batch of an epoch is one of them.
         if (n_steps % 20 == 0 or run.step >= run.max_steps or next_batch >= run.steps_per_epoch
-                or (stop.requested and not run.dist.enabled)):
+                or (stop.requested and not run.world.enabled)):
             stop_now = stopping.agree_to_stop(first_bad, stop.requested, run.out)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
         if stop_now or run.step >= run.max_steps:
@@ -164,11 +164,11 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
     finished = next_batch >= run.steps_per_epoch if n_steps else True
     if stop_now and not finished:
         stopping.raise_if_nonfinite(run.task.model, run.step, run.out)
-        if run.dist.is_main:
+        if run.world.is_main:
             _write_last(run, run.as_checkpoint(epoch, next_batch))
             print(f"saved {run.out / 'last.pt'} (epoch {epoch + 1}, batch {next_batch}); resume with --resume")
         stopping.exit_stopped()
-    mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * run.dist.world_size)  # a sync: the steps are done
+    mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * run.world.size)  # a sync: the steps are done
     stopping.raise_if_nonfinite(run.task.model, run.step, run.out)
     return _Epoch(mean_loss, finished, next_batch, stop_now, time.perf_counter() - t0, data_wait)
 
@@ -176,7 +176,7 @@ def _train_epoch(run: TrainState, train_model: nn.Module, epoch: int, stop: stop
 def _step(run: TrainState, train_model: nn.Module, batch: Any) -> torch.Tensor:
     """One optimiser step with the task's hooks around it; returns the loss, detached."""
     task = run.task
-    seed_step(run.args.seed, run.dist, run.step)
+    seed_step(run.args.seed, run.world, run.step)
     if task.before_step:
         task.before_step(run.step)
     with run.prec.autocast():
@@ -218,7 +218,7 @@ def _end_epoch(run: TrainState, epoch: int, done: _Epoch) -> dict:
     # Where the epoch's wall time went (on a GPU, a stall shows here): steps (data wait included), monitor, files.
     record.update(step_s=round(done.step_s, 3), data_wait_s=round(done.data_wait_s, 3),
                   eval_s=round(t_eval - t_steps, 3), checkpoint_s=round(t_saved - t_eval, 3))
-    if run.dist.is_main:
+    if run.world.is_main:
         io.append_csv_row(run.out / "log.csv", record)
         if task.on_epoch_end:
             task.on_epoch_end(epoch, record)
@@ -239,7 +239,7 @@ def _evaluate_initial(run: TrainState) -> dict:
     t0 = time.perf_counter()
     record = {"epoch": 0, "step": 0, **_evaluate(run, -1)}
     record["eval_s"] = round(time.perf_counter() - t0, 3)
-    if run.dist.is_main:
+    if run.world.is_main:
         io.append_csv_row(run.out / "log.csv", record)
         print(_describe(record))
     return record
@@ -253,12 +253,12 @@ def _save_due(run: TrainState, epoch: int, done: _Epoch, record: dict, last: boo
     improved = task.monitor is not None and task.monitor in record and record[task.monitor] > run.best
     if improved:
         run.best = record[task.monitor]
-        if task.keep_best and run.dist.is_main:
+        if task.keep_best and run.world.is_main:
             run.unsaved_best = run.best_checkpoint(epoch + 1)
     first = task.keep_first and epoch == 0
     due = (last or done.stopping or first or (epoch + 1) % run.args.save_every == 0
            or time.monotonic() - run.last_save >= 60 * run.args.save_minutes)
-    if not run.dist.is_main or not due:
+    if not run.world.is_main or not due:
         return
     state = run.as_checkpoint(epoch + 1 if done.finished else epoch, 0 if done.finished else done.next_batch)
     _write_last(run, state)

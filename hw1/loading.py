@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
 from .checkpoint import rng_state, set_rng_state
-from .distributed import Dist
+from .distributed import World
 from .errors import UserError
 from .precision import Precision
 
@@ -42,18 +42,18 @@ class EpochSampler(Sampler):
     number of workers or ranks and after a resume.
     """
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int, dist: Dist, drop_last: bool) -> None:
-        if batch_size % dist.world_size:
-            raise UserError("--batch-size", f"{batch_size} does not split across {dist.world_size} processes",
+    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int, world: World, drop_last: bool) -> None:
+        if batch_size % world.size:
+            raise UserError("--batch-size", f"{batch_size} does not split across {world.size} processes",
                             "use a multiple of the process count")
-        self.size, self.global_batch, self.shuffle, self.seed, self.dist = size, batch_size, shuffle, seed, dist
-        self.local_batch = batch_size // dist.world_size
+        self.size, self.global_batch, self.shuffle, self.seed, self.world = size, batch_size, shuffle, seed, world
+        self.local_batch = batch_size // world.size
         self.drop_last = drop_last and size >= batch_size
-        empty = [r for r in range(dist.world_size) if not _split(list(range(size)), Dist(r, dist.world_size))]
+        empty = [r for r in range(world.size) if not _split(list(range(size)), World(r, world.size))]
         if drop_last and not self.drop_last and size and empty:  # raised on every rank alike, before any collective
             # a rank without a batch would never reach DDP's all-reduce, and the others would wait for it forever
             raise UserError("--batch-size", f"the training set's {size} images fill less than one global batch of "
-                            f"{batch_size}; split across {dist.world_size} processes, rank {empty[0]} gets none",
+                            f"{batch_size}; split across {world.size} processes, rank {empty[0]} gets none",
                             "train on more images, or with fewer processes")
         self.epoch, self.start_batch = 0, 0
 
@@ -74,7 +74,7 @@ class EpochSampler(Sampler):
         n = self.batches_per_epoch()
         for b in range(self.start_batch, n):
             chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
-            mine = chunk[self.dist.rank::self.dist.world_size] if self.drop_last else _split(chunk, self.dist)
+            mine = chunk[self.world.rank::self.world.size] if self.drop_last else _split(chunk, self.world)
             base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
             yield from ((i, (base + i) % 2**63) for i in mine)
 
@@ -83,9 +83,9 @@ class EpochSampler(Sampler):
         return max(n, 0) * self.local_batch
 
 
-def _split(chunk: list[int], dist: Dist) -> list[int]:
-    per = math.ceil(len(chunk) / dist.world_size)
-    return chunk[dist.rank * per:(dist.rank + 1) * per]
+def _split(chunk: list[int], world: World) -> list[int]:
+    per = math.ceil(len(chunk) / world.size)
+    return chunk[world.rank * per:(world.rank + 1) * per]
 
 
 class Seeded(Dataset):
@@ -134,7 +134,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, seed: int, dist: Dist,
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, seed: int, world: World,
                 device: torch.device, collate_fn: Callable | None = None) -> DataLoader:
     """A loader whose sampler is an `EpochSampler`; `batch_size` is the global batch.
 
@@ -143,7 +143,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
     generator (for the workers' base seeds, which `Seeded` overrides) keeps starting an epoch off
     the global RNG, so a fresh loader after a resume draws nothing a kept one would not.
     """
-    sampler = EpochSampler(len(dataset), batch_size, shuffle=train, seed=seed, dist=dist, drop_last=train)  # type: ignore[arg-type]
+    sampler = EpochSampler(len(dataset), batch_size, shuffle=train, seed=seed, world=world, drop_last=train)  # type: ignore[arg-type]
     return DataLoader(
         Seeded(dataset), batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0,

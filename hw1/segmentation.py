@@ -150,17 +150,17 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     """Build data, model and `engine.Task`, run `engine.fit`; `model_options` (FCN32s's `fc_width` and `vgg`) also
     go into the checkpoint's meta, so inference rebuilds exactly this model. Returns the epoch log."""
     model_options = model_options or {}
-    dist, device = distributed.init_distributed(args.device)
+    world, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
     out = Path(args.out)
     p2 = data_dir(args.data_root, "p2_data")
     train_set = SatMaskDataset(find_pairs(p2 / "train", need_masks=True), args.image_size, augment=args.augment)
     val_set = SatMaskDataset(find_pairs(p2 / "validation", need_masks=True), args.image_size, full_res_masks=True)
-    kw = dict(workers=args.workers, seed=args.seed, dist=dist, device=device, collate_fn=collate)
+    kw = dict(workers=args.workers, seed=args.seed, world=world, device=device, collate_fn=collate)
     loader = loading.make_loader(train_set, args.batch_size, train=True, **kw)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, **kw)
     model = build_seg_model(arch, args.weights, aux=aux_weight > 0, **model_options)
-    _check_batch_norm_batch(model, arch, min(loader.sampler.local_batch, len(train_set) // dist.world_size))
+    _check_batch_norm_batch(model, arch, min(loader.sampler.local_batch, len(train_set) // world.size))
     prec = precision.resolve(args.precision, device)
     model = model.to(device, memory_format=prec.memory_format)
 
@@ -179,8 +179,8 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
 
     def evaluate(m: nn.Module, epoch: int) -> dict:
         if args.bn_recalibrate:
-            recalibrate_batchnorm(m, loader, device, args.bn_recalibrate, dist.world_size, prec.memory_format)
-        return evaluate_miou(m, val_loader, device, show=dist.is_main, memory_format=prec.memory_format)
+            recalibrate_batchnorm(m, loader, device, args.bn_recalibrate, world.size, prec.memory_format)
+        return evaluate_miou(m, val_loader, device, show=world.is_main, memory_format=prec.memory_format)
 
     task = engine.Task(
         model=model, loss_fn=loss_fn, monitor="miou", on_epoch_end=on_epoch_end,
@@ -188,11 +188,11 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         meta={"task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": args.image_size,
               "weights": args.weights, "aux": aux_weight > 0, **model_options},
     )
-    if dist.is_main:
+    if world.is_main:
         print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "
-              f"{args.image_size} px, augment {args.augment}, {device}, world size {dist.world_size}")
-    history = engine.fit(args, task, loader, dist, device)
-    if dist.is_main and history:
+              f"{args.image_size} px, augment {args.augment}, {device}, world size {world.size}")
+    history = engine.fit(args, task, loader, world, device)
+    if world.is_main and history:
         final = history[-1].get("miou", math.nan)
         best = max((r["miou"] for r in history if "miou" in r), default=math.nan)
         print(f"{arch}: final validation mIoU {final:.4f} (best {best:.4f}) — checkpoints in {out}")

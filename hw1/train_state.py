@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint, io, optim, precision
 from .checkpoint import rng_state, set_rng_state
-from .distributed import Dist
+from .distributed import World
 from .errors import UserError
 from .loading import EpochSampler
 from .precision import Precision
@@ -29,7 +29,7 @@ class TrainState:
     args: argparse.Namespace
     task: Task
     out: Path
-    dist: Dist
+    world: World
     device: torch.device
     loader: DataLoader
     optimizer: torch.optim.Optimizer
@@ -61,16 +61,16 @@ class TrainState:
         }
 
 
-def start(args: argparse.Namespace, task: Task, loader: DataLoader, dist: Dist, device: torch.device) -> TrainState:
+def start(args: argparse.Namespace, task: Task, loader: DataLoader, world: World, device: torch.device) -> TrainState:
     """A fresh run: the optimiser, the warm-up/cosine schedule over the run's steps, the precision."""
     optimizer = optim.build_optimizer([p for p in task.model.parameters() if p.requires_grad], args, device)
     steps_per_epoch = loader.sampler.batches_per_epoch()  # type: ignore[attr-defined]
     if steps_per_epoch == 0:
         raise UserError(args.data_root, "no training batches (the training set is empty)", "check --data-root")
-    warmup, total = optim.schedule_lengths(args, steps_per_epoch, verbose=dist.is_main)
+    warmup, total = optim.schedule_lengths(args, steps_per_epoch, verbose=world.is_main)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.warmup_cosine_lambda(warmup, total))
     prec = precision.resolve(args.precision, device)
-    return TrainState(args, task, Path(args.out), dist, device, loader, optimizer, scheduler, prec, prec.grad_scaler(),
+    return TrainState(args, task, Path(args.out), world, device, loader, optimizer, scheduler, prec, prec.grad_scaler(),
                       steps_per_epoch, args.max_steps if args.max_steps is not None else math.inf)
 
 
@@ -98,7 +98,7 @@ def resume(run: TrainState) -> tuple[int, int]:
     if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])  # starting a loader draws nothing from it (make_loader)
-    if run.dist.is_main:
+    if run.world.is_main:
         print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {run.step}")
         _drop_rows_after(out / "log.csv", start_epoch)
     return start_epoch, start_batch

@@ -76,32 +76,32 @@ def check_ranks_agree_to_stop(rank: int) -> None:
         raise AssertionError("a NaN loss on rank 1 did not stop rank 0")
 
 
-def check_rank_streams(dist_info: distributed.Dist) -> None:
+def check_rank_streams(world: distributed.World) -> None:
     """Seeded alike, the ranks build identical weights; the engine's per-step reseeding then gives each rank its own
     dropout masks, and the same ones again when a step is redone after a resume."""
     distributed.seed_everything(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5))
-    weights = [torch.empty_like(model[0].weight) for _ in range(dist_info.world_size)]
+    weights = [torch.empty_like(model[0].weight) for _ in range(world.size)]
     dist.all_gather(weights, model[0].weight.detach())
     assert all(torch.equal(w, weights[0]) for w in weights)
-    distributed.seed_step(0, dist_info, step=3)
+    distributed.seed_step(0, world, step=3)
     mask = model[1](torch.ones(64, 16)) > 0
-    masks = [torch.empty_like(mask, dtype=torch.uint8) for _ in range(dist_info.world_size)]
+    masks = [torch.empty_like(mask, dtype=torch.uint8) for _ in range(world.size)]
     dist.all_gather(masks, mask.to(torch.uint8))
     assert not torch.equal(masks[0], masks[1]), "both ranks drew the same dropout mask"
-    distributed.seed_step(0, dist_info, step=3)
+    distributed.seed_step(0, world, step=3)
     assert torch.equal(model[1](torch.ones(64, 16)) > 0, mask)
 
 
 def run_all() -> None:
     """Join the gloo group (left open for a script to use) and run every check."""
-    dist_info, _ = distributed.init_distributed("cpu")
-    rank, world = dist_info.rank, dist_info.world_size
+    ranks, _ = distributed.init_distributed("cpu")
+    rank, world = ranks.rank, ranks.size
     assert world == 2 and dist.get_backend() == "gloo"
     check_global_batchnorm(rank, world)
     check_byol_heads_synced()
     check_ranks_agree_to_stop(rank)
-    check_rank_streams(dist_info)
+    check_rank_streams(ranks)
     print(f"rank {rank} ok", flush=True)
 
 

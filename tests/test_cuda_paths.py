@@ -14,7 +14,7 @@ from torch import nn
 
 import p1_pretrain
 from hw1 import cache, distributed, optim
-from hw1.distributed import Dist
+from hw1.distributed import World
 from hw1.errors import UserError
 from hw1.loading import EpochSampler
 
@@ -89,7 +89,7 @@ def test_knn_monitor_runs_the_backbone_in_fp32_under_training_autocast(tiny_data
     """The engine evaluates under the run's autocast (bf16 here, as on a GPU); the monitor's backbone must not."""
     args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), "--arch",
                                                      "resnet18", "--image-size", "32", "--no-cache", "--device", "cpu"])
-    evaluate = p1_pretrain.knn_monitor(args, Dist(), torch.device("cpu"), torch.channels_last)
+    evaluate = p1_pretrain.knn_monitor(args, World(), torch.device("cpu"), torch.channels_last)
     backbone = torchvision.models.resnet18(num_classes=8).to(memory_format=torch.channels_last).eval()
     seen: list[torch.dtype] = []
     for conv in (backbone.conv1, backbone.layer4[-1].conv2):
@@ -104,7 +104,7 @@ def test_knn_monitor_runs_the_backbone_in_fp32_under_training_autocast(tiny_data
 def test_a_rank_without_a_batch_is_one_error_on_every_rank(size: int, world: int, empty_rank: int) -> None:
     for rank in range(world):  # each rank computes the same refusal, before any collective could hang
         with pytest.raises(UserError) as err:
-            EpochSampler(size, 8, shuffle=True, seed=0, dist=Dist(rank, world, rank), drop_last=True)
+            EpochSampler(size, 8, shuffle=True, seed=0, world=World(rank, world, rank), drop_last=True)
         assert err.value.line() == (
             f"error: --batch-size: the training set's {size} images fill less than one global batch of 8; split across "
             f"{world} processes, rank {empty_rank} gets none — train on more images, or with fewer processes")
@@ -113,10 +113,10 @@ def test_a_rank_without_a_batch_is_one_error_on_every_rank(size: int, world: int
 def test_every_rank_with_a_share_trains() -> None:
     """6 images on 4 ranks: 2, 2, 2, 0 by the split — refused; 8 or more: full batches, no refusal."""
     with pytest.raises(UserError):
-        EpochSampler(6, 8, shuffle=True, seed=0, dist=Dist(0, 4, 0), drop_last=True)
-    sampler = EpochSampler(8, 8, shuffle=True, seed=0, dist=Dist(3, 4, 3), drop_last=True)
+        EpochSampler(6, 8, shuffle=True, seed=0, world=World(0, 4, 0), drop_last=True)
+    sampler = EpochSampler(8, 8, shuffle=True, seed=0, world=World(3, 4, 3), drop_last=True)
     assert len(list(sampler)) == 2
-    assert len(list(EpochSampler(5, 8, shuffle=False, seed=0, dist=Dist(3, 4, 3), drop_last=False))) == 0  # evaluation
+    assert len(list(EpochSampler(5, 8, shuffle=False, seed=0, world=World(3, 4, 3), drop_last=False))) == 0  # evaluation
 
 
 def test_waiting_ranks_wait_for_the_cache_as_long_as_it_takes_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

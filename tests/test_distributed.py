@@ -22,7 +22,7 @@ import torch
 
 import p1_finetune
 from conftest import fixture_dir
-from hw1.distributed import Dist
+from hw1.distributed import World
 from hw1.loading import EpochSampler
 from hw1.models import backbone_state, build_resnet
 from robust_helpers import (PYTHON, ROOT, assert_same_run, max_abs_diff, model_state, one_thread, run, small_p1_root,
@@ -60,8 +60,8 @@ def assert_only_rank0_writes(writes: dict[int, list[str]], tmp: Path, out: Path)
 def test_sampler_splits_the_global_batch_across_ranks():
     """Each rank gets global/world samples a step; together they are exactly the single-process batch,
     with the same per-sample augmentation seeds."""
-    one = EpochSampler(50, 8, shuffle=True, seed=4, dist=Dist(0, 1), drop_last=True)
-    ranks = [EpochSampler(50, 8, shuffle=True, seed=4, dist=Dist(r, 2), drop_last=True) for r in (0, 1)]
+    one = EpochSampler(50, 8, shuffle=True, seed=4, world=World(0, 1), drop_last=True)
+    ranks = [EpochSampler(50, 8, shuffle=True, seed=4, world=World(r, 2), drop_last=True) for r in (0, 1)]
     for sampler in (one, *ranks):
         sampler.set_epoch(3)
     single, parts = list(one), [list(s) for s in ranks]

@@ -52,7 +52,7 @@ def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(T.RandomResizedCrop, V2_PARAMS_METHOD, record)
     gradient_image().save(tmp_path / "g.png")
     dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
-    loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, dist=distributed.Dist(), device=torch.device("cpu"))
+    loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, world=distributed.World(), device=torch.device("cpu"))
     views, _ = next(iter(loader))
     assert views.shape == (BATCH, 2, 3, 32, 32)
     assert len(crops) == 2 * BATCH
@@ -79,7 +79,7 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
                                                      "--batch-size", "8", "--projection-hidden-size", "64", "--no-cache"])
     for gpu_aug, kind in ((False, SelectView), (True, type(batch_views(32)[0]))):
         args.gpu_aug = gpu_aug
-        task, _ = p1_pretrain.setup(args, distributed.Dist(), torch.device("cpu"))
+        task, _ = p1_pretrain.setup(args, distributed.World(), torch.device("cpu"))
         assert isinstance(task.model.augment1, kind) and isinstance(task.model.augment2, kind)
         assert task.model.augment1 is not task.model.augment2
         assert task.model.online_encoder.use_simplicial_embeddings is False  # byol-pytorch 0.9 defaults it on: not BYOL

@@ -191,7 +191,7 @@ def test_kept_loader_workers_see_each_epoch_and_draw_what_the_main_process_would
     """The training loader's workers live across epochs (the same processes), yet every epoch brings its own
     order and per-sample seeds, and mid-epoch starts: with 2 workers the draws equal --workers 0, epoch by epoch."""
     def draws(workers: int) -> tuple[list[list[float]], list[set[int]]]:
-        loader = loading.make_loader(_Draws(), 4, train=True, workers=workers, seed=5, dist=distributed.Dist(),
+        loader = loading.make_loader(_Draws(), 4, train=True, workers=workers, seed=5, world=distributed.World(),
                                      device=torch.device("cpu"))
         values, pids = [], []
         for epoch, start in ((0, 0), (1, 0), (2, 1)):
