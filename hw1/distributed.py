@@ -97,9 +97,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def mix_seed(seed: int, a: int, b: int) -> int:
+    """A seed for (seed, a, b), e.g. (seed, epoch, image) or (seed, rank, step): every derived seed is made here."""
+    return ((seed * 1_000_003 + a) * 10_000_019 + b) % 2**63
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shuffle."""
+    return seed * 100_003 + epoch
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """A seed that depends only on (seed, rank, step): what a rank draws at a step is the same after a resume."""
-    return ((seed * 1_000_003 + rank) * 10_000_019 + step) % 2**63
+    return mix_seed(seed, rank, step)
 
 
 def seed_step(seed: int, world: World, step: int) -> None:

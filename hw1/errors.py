@@ -93,8 +93,6 @@ def run_main(main: Callable[[list[str] | None], object]) -> Callable[[list[str] 
         if "--debug" in argv:
             argv.remove("--debug")
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        # fp16's gradient scaler skips the optimiser step when its scale overflowed (the first steps, by design)
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
         try:
             main(argv)
         except UserError as err:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
 from .checkpoint import rng_state, set_rng_state
-from .distributed import World
+from .distributed import World, mix_seed, shuffle_seed
 from .errors import UserError
 from .precision import Precision
 
@@ -66,7 +66,7 @@ class EpochSampler(Sampler):
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.size)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(shuffle_seed(self.seed, self.epoch))
         return torch.randperm(self.size, generator=g)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -75,8 +75,7 @@ class EpochSampler(Sampler):
         for b in range(self.start_batch, n):
             chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
             mine = chunk[self.world.rank::self.world.size] if self.drop_last else _split(chunk, self.world)
-            base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-            yield from ((i, (base + i) % 2**63) for i in mine)
+            yield from ((i, mix_seed(self.seed, self.epoch, i)) for i in mine)
 
     def __len__(self) -> int:
         n = self.batches_per_epoch() - self.start_batch
