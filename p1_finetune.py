@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 from pathlib import Path
 
 import torch
@@ -72,18 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
 
-    barrier = torch.distributed.barrier if world.enabled else None
+    caching = cache.CacheConfig.from_args(args)
     train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
     augment, before_step = None, None
     if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
-        train_set = cache.uint8_images(args, train_set.paths, "office_train", labels=train_set.labels,
-                                       is_main=world.is_main, barrier=barrier)
+        train_set = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
         augment = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
-        before_step = gpu_aug.reseed_each_step(augment.generator, args.seed, world.rank)
+        before_step = functools.partial(augment.reseed, args.seed, world.rank)
     else:
-        train_set = cache.maybe_cached(args, train_set, "office_train", is_main=world.is_main, barrier=barrier)
+        train_set = cache.maybe_cached(caching, train_set, "office_train", world)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
-    val_set = cache.maybe_cached(args, val_set, "office_val", is_main=world.is_main, barrier=barrier)
+    val_set = cache.maybe_cached(caching, val_set, "office_val", world)
     loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, world=world, device=device)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, world=world, device=device)
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if world.is_main:
         frozen = "backbone frozen" if model.frozen else "full model"
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / {len(val_set)} val images, {device}")
-    history = engine.fit(args, task, loader, world, device)
+    history = engine.fit(engine.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("val_acc", float("nan"))
         best = max(r.get("val_acc", 0.0) for r in history)

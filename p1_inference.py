@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     image_dir = Path(args.image_dir)
     dataset = data.ImageListDataset([image_dir / r.filename for r in rows],
                                     transform=data.classify_eval_transform(meta["image_size"]))
-    logits, _ = loading.extract_features(model, dataset, device, prec=prec, batch_size=args.batch_size,
-                                         workers=args.workers, desc="inference")
+    batches = loading.in_order(dataset, args.batch_size, args.workers, device)
+    logits, _ = loading.extract_features(model, batches, device, prec=prec, desc="inference")
     preds = logits.argmax(1).tolist()
     io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
     print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, {prec.describe()}, "

@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         model, meta, epoch = load_classifier(str(ckpt_path), device, prec.memory_format)
         tf = data.classify_eval_transform(meta.get("image_size", 128))
         train_set, val_set = data.office_dataset(args.data_root, "train", tf), data.office_dataset(args.data_root, "val", tf)
-        kw = dict(batch_size=args.batch_size, workers=args.workers, prec=prec)
-        train_f, train_y = loading.extract_features(model.features, train_set, device, desc=f"{ckpt_path.name} train", **kw)
-        val_f, val_y = loading.extract_features(model.features, val_set, device, desc=f"{ckpt_path.name} val", **kw)
+        (train_f, train_y), (val_f, val_y) = (
+            loading.extract_features(model.features, loading.in_order(split, args.batch_size, args.workers, device),
+                                     device, prec=prec, desc=f"{ckpt_path.name} {name}")
+            for name, split in (("train", train_set), ("val", val_set)))
         knn = knn_accuracy(train_f, train_y, val_f, val_y, k=args.knn_k)
         labels = train_y.cpu().numpy()
         emb = tsne_2d(train_f.cpu().numpy(), seed=args.seed, perplexity=args.perplexity, pca_dims=args.pca_dims)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from hw1 import checkpoint, data, distributed, loading
+from hw1.pretraining import KnnMonitor
 
 from .common import make_images, sync
 
@@ -23,10 +25,16 @@ def bench_overhead(cfg: argparse.Namespace, device: torch.device, work: Path) ->
     return rows
 
 
+def monitor_features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """The kNN monitor's pass over cached uint8 images at 128 px (`KnnMonitor.features`)."""
+    monitor = KnnMonitor([], [], 128, 20, memory_format)
+    return monitor.features(fn, images, torch.zeros(len(images), dtype=torch.long, device=images.device))[0]
+
+
 def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path, rows: dict[str, dict]) -> dict[str, torch.Tensor]:
     """The kNN monitor's images, before (JPEGs through fresh loader pools) and now (cached uint8 on the device);
     returns the cached sets."""
-    import p1_pretrain
     from hw1 import cache
 
     n_val = max(1, round(cfg.overhead_images * 406 / 4357))  # Office-Home's train / val split
@@ -37,16 +45,17 @@ def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path,
     tf = data.classify_eval_transform(128)
     t = time.perf_counter()
     for paths in office.values():  # before: loading.extract_features over the JPEGs, a fresh pool each set
-        loading.extract_features(pool, data.ImageListDataset(paths, [0] * len(paths), tf), device, workers=cfg.workers)
+        dataset = data.ImageListDataset(paths, [0] * len(paths), tf)
+        loading.extract_features(pool, loading.in_order(dataset, workers=cfg.workers, device=device), device)
     rows["monitor data path, before: decode the JPEGs, 2 fresh loader pools"] = {"seconds": time.perf_counter() - t}
-    args = argparse.Namespace(cache=True, cache_dir=str(work / "cache"), data_root=str(work), workers=cfg.workers)
+    caching = cache.CacheConfig(True, work / "cache", cfg.workers)
     t = time.perf_counter()
-    images = {k: cache.decoded_images(args, paths, f"office_{k}").to(device) for k, paths in office.items()}
+    images = {k: cache.decoded_images(caching, paths, f"office_{k}", distributed.World()).to(device) for k, paths in office.items()}
     rows["monitor set-up, once a run: build the cache, load it on the device"] = {"seconds": time.perf_counter() - t}
     sync(device)
     t = time.perf_counter()
     for x in images.values():
-        p1_pretrain.features(pool, x, 128)
+        monitor_features(pool, x)
     sync(device)
     rows["monitor data path, now: cached uint8 on the device, in-process"] = {"seconds": time.perf_counter() - t}
     return images
@@ -55,7 +64,6 @@ def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path,
 def monitor_forward(cfg: argparse.Namespace, device: torch.device, images: dict[str, torch.Tensor],
                     rows: dict[str, dict]) -> None:
     """The monitor backbone's FLOPs per evaluation; on CUDA also its forward over the cached sets."""
-    import p1_pretrain
     from torch.utils.flop_counter import FlopCounterMode
 
     net = build_resnet_features(cfg.arch).to(device)
@@ -68,11 +76,11 @@ def monitor_forward(cfg: argparse.Namespace, device: torch.device, images: dict[
         fmt = cfg.prec.memory_format
         with torch.no_grad(), cfg.prec.autocast():
             net = net.to(memory_format=fmt)
-            p1_pretrain.features(net, images["val"], 128, memory_format=fmt)
+            monitor_features(net, images["val"], fmt)
             sync(device)
             t = time.perf_counter()
             for x in images.values():
-                p1_pretrain.features(net, x, 128, memory_format=fmt)
+                monitor_features(net, x, fmt)
             sync(device)
         row["seconds"] = time.perf_counter() - t
     rows[f"monitor forward: {cfg.arch} over {cfg.overhead_images} images at 128 px"] = row

@@ -20,40 +20,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench_seg(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     """Training step (AdamW, cross-entropy, --precision) and inference images/s of each P2 model."""
+    return [row for arch in cfg.seg_archs for row in _bench_seg_model(cfg, device, arch)]
+
+
+def _bench_seg_model(cfg: argparse.Namespace, device: torch.device, arch: str) -> list[dict]:
+    """One model's rows; its memory is freed when this returns."""
     from hw1.seg_models import build_seg_model
 
     rows = []
-    for arch in cfg.seg_archs:
-        model = build_seg_model(arch, "none").to(device, memory_format=cfg.prec.memory_format)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size, device=device).contiguous(memory_format=cfg.prec.memory_format)
-        y = torch.randint(0, 7, (cfg.seg_batch, cfg.seg_size, cfg.seg_size), device=device)
-        scaler = cfg.prec.grad_scaler()  # as engine.fit: a pass-through unless fp16
+    model = build_seg_model(arch, "none").to(device, memory_format=cfg.prec.memory_format)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size, device=device).contiguous(memory_format=cfg.prec.memory_format)
+    y = torch.randint(0, 7, (cfg.seg_batch, cfg.seg_size, cfg.seg_size), device=device)
+    scaler = cfg.prec.grad_scaler()  # as engine.fit: a pass-through unless fp16
 
-        def train_step() -> None:
-            with cfg.prec.autocast():
-                loss = F.cross_entropy(model(x)["out"].float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+    def train_step() -> None:
+        with cfg.prec.autocast():
+            loss = F.cross_entropy(model(x)["out"].float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
-        @torch.no_grad()
-        def infer_step() -> None:
-            with cfg.prec.autocast():
-                model(x)["out"].argmax(1)
+    @torch.no_grad()
+    def infer_step() -> None:
+        with cfg.prec.autocast():
+            model(x)["out"].argmax(1)
 
-        if cfg.seg_train_archs is None or arch in cfg.seg_train_archs:
-            model.train()
-            with PeakMemory(device) as mem:
-                times = timed_steps(train_step, device, cfg.seg_warmup, cfg.seg_steps)
-            rows.append({"row": f"seg train: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times),
-                         "peak_mem_gib": mem.gib})
-        model.eval()
+    if cfg.seg_train_archs is None or arch in cfg.seg_train_archs:
+        model.train()
         with PeakMemory(device) as mem:
-            times = timed_steps(infer_step, device, cfg.seg_warmup, cfg.seg_steps)
-        rows.append({"row": f"seg inference: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times), "peak_mem_gib": mem.gib})
-        del model, opt
+            times = timed_steps(train_step, device, cfg.seg_warmup, cfg.seg_steps)
+        rows.append({"row": f"seg train: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times),
+                     "peak_mem_gib": mem.gib})
+    model.eval()
+    with PeakMemory(device) as mem:
+        times = timed_steps(infer_step, device, cfg.seg_warmup, cfg.seg_steps)
+    rows.append({"row": f"seg inference: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times), "peak_mem_gib": mem.gib})
     return rows
 
 

@@ -93,7 +93,7 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
             task.evaluate, task.on_save, task.keep_first = None, None, False
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
-                history = engine.fit(args, task, loader, distributed.World(), device)
+                history = engine.fit(engine.TrainConfig.from_args(args), task, loader, distributed.World(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
     row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first,
@@ -161,7 +161,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
 
         task.loss_fn, task.after_step = loss_fn, after_step
         with prof:
-            engine.fit(args, task, loader, distributed.World(), device)
+            engine.fit(engine.TrainConfig.from_args(args), task, loader, distributed.World(), device)
     events = prof.key_averages()
     on_gpu = device.type == "cuda"
 

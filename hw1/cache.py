@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from . import compat, io
 from .data import ImageListDataset, load_rgb
+from .distributed import World
 from .errors import WARNINGS, UserError
 
 VERSION = 1
@@ -226,61 +228,71 @@ class DecodedImages(Dataset):
         return (self.transform(img) if self.transform else img), self.labels[index]
 
 
-def cached_dataset(args: argparse.Namespace, paths: Sequence[Path], name: str, *, labels: Sequence[int] | None = None,
-                   transform: Callable | None = None, side: int | None = None, is_main: bool = True,
-                   barrier: Callable[[], None] | None = None, skip_unreadable: bool = True) -> CachedImages | None:
-    """`CachedImages` when `--cache` is on, or auto and the cache exists or fits on disk; else None.
+@dataclass(frozen=True)
+class CacheConfig:
+    """--cache, --cache-dir and --workers (the processes that decode)."""
 
-    Rank 0 builds the cache; the other ranks wait at `barrier` (pass one under DDP).
+    use: bool | None    # True: always; False: never; None: when it exists or fits on disk
+    folder: Path
+    workers: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CacheConfig:
+        return cls(args.cache, Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache", args.workers)
+
+
+def cached_dataset(cfg: CacheConfig, paths: Sequence[Path], name: str, world: World, *,
+                   labels: Sequence[int] | None = None, transform: Callable | None = None, side: int | None = None,
+                   skip_unreadable: bool = True) -> CachedImages | None:
+    """`CachedImages` when the cache is on (or auto, and the cache exists or fits on disk); else None.
+
+    Rank 0 builds the cache; the other ranks wait for its file.
     """
-    if args.cache is False:
+    if cfg.use is False:
         return None
-    folder = Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache"
     side = side or image_side(paths)
-    existing = folder / f"{name}-{side}px-{cache_key(paths, side)}.npy"
-    use = args.cache is True or existing.is_file() or fits(folder, len(paths), side)
+    existing = cfg.folder / f"{name}-{side}px-{cache_key(paths, side)}.npy"
+    use = cfg.use is True or existing.is_file() or fits(cfg.folder, len(paths), side)
     if torch_dist.is_initialized():  # every rank must take the same branch, or the barrier below hangs
         decision = [use]
         torch_dist.broadcast_object_list(decision, src=0)
         use = decision[0]
     if not use:
-        print(f"note: the decoded-image cache of {name} does not fit in {folder} (or it is not writable); "
+        print(f"note: the decoded-image cache of {name} does not fit in {cfg.folder} (or it is not writable); "
               "reading the image files directly (pass --cache-dir to put it elsewhere)")
         return None
-    target = ensure(paths, folder, name, side=side, workers=args.workers, build_here=is_main,
+    target = ensure(paths, cfg.folder, name, side=side, workers=cfg.workers, build_here=world.is_main,
                     skip_unreadable=skip_unreadable)
-    if torch_dist.is_initialized() and not is_main:  # not at the barrier: NCCL's would time out after 10 minutes
+    if torch_dist.is_initialized() and not world.is_main:  # not at the barrier: NCCL's would time out after 10 minutes
         wait_for_build(target, name, len(paths))
-    if barrier:
-        barrier()
+    if world.enabled:
+        torch_dist.barrier()
     return CachedImages(target, labels, transform)
 
 
-def maybe_cached(args: argparse.Namespace, dataset: ImageListDataset, name: str, *, is_main: bool = True,
-                 barrier: Callable[[], None] | None = None) -> Dataset:
+def maybe_cached(cfg: CacheConfig, dataset: ImageListDataset, name: str, world: World) -> Dataset:
     """`dataset` (its paths, labels and transform) read from the cache when the cache is on, else as it is."""
-    cached = cached_dataset(args, dataset.paths, name, labels=dataset.labels, transform=dataset.transform,
-                            is_main=is_main, barrier=barrier, skip_unreadable=dataset.skip_unreadable)
+    cached = cached_dataset(cfg, dataset.paths, name, world, labels=dataset.labels, transform=dataset.transform,
+                            skip_unreadable=dataset.skip_unreadable)
     return cached if cached is not None else dataset
 
 
-def uint8_images(args: argparse.Namespace, paths: Sequence[Path], name: str, *, labels: Sequence[int] | None = None,
-                 is_main: bool = True, barrier: Callable[[], None] | None = None) -> CachedImages | DecodedImages:
+def uint8_images(cfg: CacheConfig, paths: Sequence[Path], name: str, world: World, *,
+                 labels: Sequence[int] | None = None) -> CachedImages | DecodedImages:
     """(uint8 CHW image, label) items for the batched device augmentation (`--gpu-aug`): from the cache when it is
     on, else decoded from the files on each access (at the same side, so both give the same batches)."""
-    cached = cached_dataset(args, paths, name, labels=labels, is_main=is_main, barrier=barrier)
+    cached = cached_dataset(cfg, paths, name, world, labels=labels)
     return cached if cached is not None else DecodedImages(paths, image_side(paths), labels)
 
 
-def decoded_images(args: argparse.Namespace, paths: Sequence[Path], name: str, *, is_main: bool = True,
-                   barrier: Callable[[], None] | None = None) -> torch.Tensor:
+def decoded_images(cfg: CacheConfig, paths: Sequence[Path], name: str, world: World) -> torch.Tensor:
     """Every image of `paths` in one uint8 (N, 3, side, side) tensor in memory: read from the cache when it is
     on (`cached_dataset`), else decoded here once. An unreadable image is an error (evaluation sets)."""
-    cached = cached_dataset(args, paths, name, is_main=is_main, barrier=barrier, skip_unreadable=False)
+    cached = cached_dataset(cfg, paths, name, world, skip_unreadable=False)
     if cached is not None:
         arr = np.array(cached.array)
     else:
         side = image_side(paths)
         arr = np.empty((len(paths), side, side, 3), dtype=np.uint8)
-        _decode_into(arr, paths, side, args.workers, f"decoding {name} ({len(paths)} images)", skip_unreadable=False)
+        _decode_into(arr, paths, side, cfg.workers, f"decoding {name} ({len(paths)} images)", skip_unreadable=False)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -1,7 +1,6 @@
 """Checkpoint files (atomic save, checked load, meta and recipe checks) and the RNG state they carry."""
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import random
@@ -110,9 +109,10 @@ def set_rng_state(state: dict) -> None:
 _RECIPE_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "batch_size", "image_size", "epochs", "seed")
 
 
-def warn_changed_recipe(path: str | os.PathLike, saved: dict, args: argparse.Namespace) -> None:
-    changed = [f"{k} {saved[k]}→{getattr(args, k)}" for k in _RECIPE_KEYS
-               if k in saved and hasattr(args, k) and _norm(saved[k]) != _norm(getattr(args, k))]
+def warn_changed_recipe(path: str | os.PathLike, saved: dict, current: dict) -> None:
+    """Say which recipe flags a resumed run changes (`saved` and `current`: a run's flags as a dict)."""
+    changed = [f"{k} {saved[k]}→{current[k]}" for k in _RECIPE_KEYS
+               if k in saved and k in current and _norm(saved[k]) != _norm(current[k])]
     if changed:
         print(f"warning: {path}: resuming with other hyper-parameters: {', '.join(changed)} (the new values apply "
               "from here on)", file=sys.stderr)

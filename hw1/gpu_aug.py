@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -264,6 +263,10 @@ class BatchView(nn.Module):
         self.memory_format = memory_format
         self.last: ViewParams | None = None
 
+    def reseed(self, seed: int, rank: int, step: int) -> None:
+        """Draw a step's views from (seed, rank, step) alone: a resume, on any rank, draws them again."""
+        self.generator.manual_seed(step_seed(seed, rank, step))
+
     def sample(self, n: int, height: int, width: int) -> ViewParams:
         return sample_view(n, height, width, self.recipe, self.generator)
 
@@ -289,15 +292,6 @@ def add_arg(parser: argparse.ArgumentParser, what: str) -> None:
 def wanted(flag: bool | None, device: torch.device) -> bool:
     """--gpu-aug's value: on with CUDA unless the user said otherwise."""
     return device.type == "cuda" if flag is None else flag
-
-
-def reseed_each_step(generator: torch.Generator, seed: int, rank: int) -> Callable[[int], None]:
-    """`Task.before_step`: a rank's draws at a step depend only on (seed, rank, step), so a resume, on any rank,
-    draws them again."""
-    def before_step(step: int) -> None:
-        generator.manual_seed(step_seed(seed, rank, step))
-
-    return before_step
 
 
 def batch_views(size: int, seed: int = 0,

@@ -7,7 +7,7 @@ import math
 import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours
 import random
 import signal
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -151,19 +151,25 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
     )
 
 
+def in_order(dataset: Dataset, batch_size: int = 256, workers: int = 0, device: torch.device | None = None) -> DataLoader:
+    """An evaluation loader: the dataset's batches in order, each read once."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                      pin_memory=device is not None and device.type == "cuda",
+                      worker_init_fn=_ignore_stop_signals if workers > 0 else None)
+
+
 @torch.no_grad()
-def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device, *,
-                     prec: Precision | None = None, batch_size: int = 256, workers: int = 0,
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `fn` over an (image, label) dataset in order under `prec` (default fp32); returns (features, labels)
-    on `device`."""
+def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, Any]],
+                     device: torch.device, *, prec: Precision | None = None, desc: str | None = "features",
+                     memory_format: torch.memory_format | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `fn` over (images, labels) batches (`in_order`'s, or tensors already on `device`) under `prec` (default fp32),
+    images in `memory_format` (default the precision's); returns (features, labels) on `device`."""
     prec = prec or Precision("fp32", device.type)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                        worker_init_fn=_ignore_stop_signals if workers > 0 else None)
+    memory_format = memory_format or prec.memory_format
     feats, labels = [], []
-    with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:  # cleared before an error's one line
+    with tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=desc is None) as bar:  # cleared before an error's line
         for images, targets in bar:
             with prec.autocast():
-                feats.append(fn(to_device(images, device, prec.memory_format)).float())
+                feats.append(fn(to_device(images, device, memory_format)).float())
             labels.append(torch.as_tensor(targets).to(device))
     return torch.cat(feats), torch.cat(labels)

@@ -1,5 +1,8 @@
-"""Accuracy and cosine kNN accuracy for classification features; confusion matrix and mIoU for masks."""
+"""Accuracy, cosine kNN accuracy and BYOL's view gap for classification features; confusion matrix and mIoU for
+masks."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +10,20 @@ import torch.nn.functional as F
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def view_gap(fn: Callable[[torch.Tensor], torch.Tensor], first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean cosine of two views of one image minus that of views of different images, over `fn`'s features.
+
+    BYOL trains for the first to be high without the second following (a collapse raises both); a random
+    network already has some gap. It says nothing of classes: that is the kNN accuracy's job.
+    """
+    with torch.autocast(first.device.type, enabled=False):
+        cos = F.normalize(fn(first).float(), dim=1) @ F.normalize(fn(second).float(), dim=1).T
+    n = len(cos)
+    same = cos.diagonal().mean()
+    return (same - (cos.sum() - cos.diagonal().sum()) / max(1, n * n - n)).item()
 
 
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,

@@ -1,4 +1,5 @@
-"""Problem 1 models: torchvision ResNet backbones, backbone files, and the Office-Home classifier."""
+"""Problem 1 models: torchvision ResNet backbones, backbone files, and the Office-Home classifier; `describe_model`
+(any model) for --print-model."""
 from __future__ import annotations
 
 import os
@@ -103,3 +104,27 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def describe_model(model: nn.Module) -> str:
+    """The module tree, then total and trainable parameter counts, overall and per top-level child."""
+    seen: set[int] = set()
+
+    def count(m: nn.Module, once: bool = False) -> tuple[int, int]:
+        ps = [p for p in m.parameters() if not (once and id(p) in seen)]
+        if once:
+            seen.update(id(p) for p in ps)
+        return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
+
+    total, trainable = count(model)
+    prefix, root = "", model
+    while len(children := list(root.named_children())) == 1:  # a wrapper (e.g. Classifier.net): list its parts
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}   (a part sharing "
+             "parameters with one above counts only its own)"]
+    for name, child in children:
+        n, t = count(child, once=True)
+        lines.append(f"{prefix + name:<32} {n:>14,} {t:>14,}")
+    lines += [f"{'total':<32} {total:>14,} {trainable:>14,}",
+              f"parameters: {total:,} total, {trainable:,} trainable"]
+    return "\n".join(lines) + "\n"

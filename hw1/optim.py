@@ -2,7 +2,6 @@
 the current flags."""
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Callable
 
@@ -10,13 +9,13 @@ import torch
 from torch import nn
 
 
-def build_optimizer(params: list[nn.Parameter], args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused on CUDA; weight decay skips biases and norm weights (1-D tensors)."""
+def build_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    fused: bool) -> torch.optim.Optimizer:
+    """AdamW (fused: CUDA); weight decay skips biases and norm weights (1-D tensors)."""
     decay = [p for p in params if p.requires_grad and p.dim() > 1]
     no_decay = [p for p in params if p.requires_grad and p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=tuple(args.betas),
-                             fused=device.type == "cuda")
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), fused=fused)
 
 
 def warmup_cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -31,14 +30,13 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int],
     return factor
 
 
-def schedule_lengths(args: argparse.Namespace, steps_per_epoch: int, verbose: bool = True) -> tuple[int, int]:
+def schedule_lengths(warmup_steps: int, total: int, verbose: bool = True) -> tuple[int, int]:
     """(warm-up, total) steps; a warm-up longer than a short run is cut to a tenth of it, with a note."""
-    total = steps_per_epoch * args.epochs
-    warmup = args.warmup_steps
+    warmup = warmup_steps
     if warmup >= total:
         warmup = max(1, total // 10)
         if verbose:
-            print(f"note: warm-up of {args.warmup_steps} steps exceeds the run's {total} steps; using {warmup}")
+            print(f"note: warm-up of {warmup_steps} steps exceeds the run's {total} steps; using {warmup}")
     return warmup, total
 
 

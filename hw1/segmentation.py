@@ -191,7 +191,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     if world.is_main:
         print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "
               f"{args.image_size} px, augment {args.augment}, {device}, world size {world.size}")
-    history = engine.fit(args, task, loader, world, device)
+    history = engine.fit(engine.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("miou", math.nan)
         best = max((r["miou"] for r in history if "miou" in r), default=math.nan)

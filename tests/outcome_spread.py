@@ -47,6 +47,7 @@ def byol(data: Path, out: Path, seed: int) -> dict:
     import p1_pretrain
     from conftest import P1_SMALL
     from hw1.gpu_aug import batch_views
+    from hw1.metrics import view_gap
     from hw1.sample_data import write_p1
     from test_p1_pretrain import _resnet18
 
@@ -72,7 +73,7 @@ def byol(data: Path, out: Path, seed: int) -> dict:
                           for p in sorted((root / "p1_data" / "office" / "val").glob("*.jpg"))[:128]])
     view1, view2 = batch_views(32, seed=123)
     a, b = view1(images), view2(images)
-    random_gap, byol_gap = (p1_pretrain.view_gap(_resnet18(state), a, b)
+    random_gap, byol_gap = (view_gap(_resnet18(state), a, b)
                             for state in (init, torch.load(out / "run" / "backbone_last.pt", weights_only=True)))
     return {"loss_ratio": losses[-1] / losses[0], "gap_gain": byol_gap - random_gap,
             "logged_gap_gain": float(log[-1]["view_gap"]) - float(log[0]["view_gap"])}

@@ -2,7 +2,6 @@
 build cannot drive, the kNN monitor's precision, a rank without a batch. (Per-rank dropout streams: ddp_checks.py.)"""
 from __future__ import annotations
 
-import argparse
 import threading
 import warnings
 from pathlib import Path
@@ -14,21 +13,23 @@ from torch import nn
 
 import p1_pretrain
 from hw1 import cache, distributed, optim
+from hw1.cache import CacheConfig
 from hw1.distributed import World
 from hw1.errors import UserError
 from hw1.loading import EpochSampler
+from hw1.pretraining import KnnMonitor, PretrainConfig
 
 
 def test_optimizer_state_restored_into_channels_last_parameters_takes_their_layout() -> None:
     """A CPU run's (contiguous) AdamW moments, loaded into the channels_last model a GPU resume builds."""
-    args = argparse.Namespace(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999))
+    recipe = {"lr": 1e-3, "weight_decay": 0.05, "betas": (0.9, 0.999), "fused": False}
     saved_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
-    saved_opt = optim.build_optimizer(list(saved_model.parameters()), args, torch.device("cpu"))
+    saved_opt = optim.build_optimizer(list(saved_model.parameters()), **recipe)
     saved_model(torch.randn(2, 3, 8, 8)).sum().backward()
     saved_opt.step()
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)).to(memory_format=torch.channels_last)
     model.load_state_dict(saved_model.state_dict())
-    opt = optim.build_optimizer(list(model.parameters()), args, torch.device("cpu"))
+    opt = optim.build_optimizer(list(model.parameters()), **recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, optim.warmup_cosine_lambda(1, 10))
     optim.restore(opt, scheduler, {"optimizer": saved_opt.state_dict(), "lr_scheduler": scheduler.state_dict()}, 1e-3)
     conv = model[0].weight  # 3x3: channels_last differs from contiguous (a 1x1 kernel is both)
@@ -89,7 +90,8 @@ def test_knn_monitor_runs_the_backbone_in_fp32_under_training_autocast(tiny_data
     """The engine evaluates under the run's autocast (bf16 here, as on a GPU); the monitor's backbone must not."""
     args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), "--arch",
                                                      "resnet18", "--image-size", "32", "--no-cache", "--device", "cpu"])
-    evaluate = p1_pretrain.knn_monitor(args, World(), torch.device("cpu"), torch.channels_last)
+    evaluate = KnnMonitor.build(PretrainConfig.from_args(args), CacheConfig.from_args(args), World(), torch.device("cpu"),
+                                torch.channels_last)
     backbone = torchvision.models.resnet18(num_classes=8).to(memory_format=torch.channels_last).eval()
     seen: list[torch.dtype] = []
     for conv in (backbone.conv1, backbone.layer4[-1].conv2):

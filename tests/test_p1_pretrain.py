@@ -14,10 +14,10 @@ from torchvision.transforms import v2 as T
 
 import p1_pretrain
 from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
-from hw1 import checkpoint, data, distributed, engine, io, loading
+from hw1 import checkpoint, data, distributed, engine, io, loading, pretraining
 from hw1.byol import SelectView, TwoViews
 from hw1.gpu_aug import batch_views
-from hw1.metrics import knn_accuracy
+from hw1.metrics import knn_accuracy, view_gap
 from hw1.sample_data import write_p1
 from robust_helpers import small_p1_root
 
@@ -141,7 +141,7 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
     view1, view2 = batch_views(32, seed=123)
     a, b = view1(images), view2(images)
 
-    random_gap, byol_gap = (p1_pretrain.view_gap(_resnet18(state), a, b)
+    random_gap, byol_gap = (view_gap(_resnet18(state), a, b)
                             for state in (init, torch.load(out / "backbone_last.pt", weights_only=True)))
     assert byol_gap >= random_gap + 0.002, (random_gap, byol_gap)
     with open(out / "log.csv", newline="") as f:
@@ -156,8 +156,9 @@ def test_byol_knn_monitor_measures_the_exported_backbone(byol_run: tuple[Path, P
     tf = data.classify_eval_transform(32)
     train_set, val_set = data.office_dataset(root, "train", tf), data.office_dataset(root, "val", tf)
     net = _resnet18(torch.load(out / "backbone_last.pt", weights_only=True))
-    acc = knn_accuracy(*loading.extract_features(net, train_set, torch.device("cpu")),
-                       *loading.extract_features(net, val_set, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    acc = knn_accuracy(*loading.extract_features(net, loading.in_order(train_set), cpu),
+                       *loading.extract_features(net, loading.in_order(val_set), cpu))
     assert len(val_set) == 260
     with open(out / "log.csv", newline="") as f:
         logged = float(list(csv.DictReader(f))[-1]["knn_acc"])
@@ -228,7 +229,7 @@ def test_supervised_knn_monitor_reads_the_pooled_feature_not_the_logits(tiny_dat
         seen.append((train_f.shape[1], val_f.shape[1]))
         return knn_accuracy(train_f, train_y, val_f, *rest, **kw)
 
-    monkeypatch.setattr(p1_pretrain, "knn_accuracy", spy)
+    monkeypatch.setattr(pretraining, "knn_accuracy", spy)
     p1_pretrain.main(["--method", "supervised", "--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
                       "--device", "cpu", "--batch-size", "8", "--epochs", "1", "--max-steps", "1"])
     assert seen == [(512, 512)] * 2  # the initialisation, then after the step
