@@ -59,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=128, help="default: %(default)s")
     parser.add_argument("--images", type=int, default=None,
                         help="generated training images (default: enough for warm-up + timed steps)")
-    parser.add_argument("--data-root", default=None, help="time on this hw1_data's Mini-ImageNet instead of generated images")
+    parser.add_argument("--data-root", default=None,
+                        help="time on this hw1_data's Mini-ImageNet instead of generated images")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="default: %(default)s")
@@ -87,8 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 QUICK = dict(device="cpu", arch="resnet18", batch_size=8, image_size=32, steps=3, warmup=1, workers=0,
              seg_size=64, seg_batch=2, seg_archs=["fcn32s", "deeplabv3_mobilenet_v3_large"],
-             seg_train_archs=["deeplabv3_mobilenet_v3_large"], seg_steps=1, seg_warmup=0, hw12_images=2, compile_backend="eager", threads=1,
-             overhead_images=64)
+             seg_train_archs=["deeplabv3_mobilenet_v3_large"], seg_steps=1, seg_warmup=0, hw12_images=2,
+             compile_backend="eager", threads=1, overhead_images=64)
 
 
 def main(argv: list[str] | None = None) -> dict:

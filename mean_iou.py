@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(args.pred, f"no prediction for {len(missing)} label mask(s), e.g. {missing[0]}{MASK_SUFFIX}",
                         "predict every image of the set")
     if unmatched := sorted(preds.keys() - labels.keys()):
-        raise UserError(args.labels, f"no label for {len(unmatched)} predicted mask(s), e.g. {unmatched[0]}{MASK_SUFFIX}",
+        raise UserError(args.labels,
+                        f"no label for {len(unmatched)} predicted mask(s), e.g. {unmatched[0]}{MASK_SUFFIX}",
                         "point --labels at the set the predictions were made for")
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for stem, label_path in labels.items():
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ious, miou = iou_from_confusion(cm, EVAL_CLASSES)
     for i, iou in enumerate(ious):
         if math.isnan(iou):
-            WARNINGS.add("class in neither predictions nor labels (IoU 0/0 = nan, as the course's evaluator gives)", f"class #{i}")
+            WARNINGS.add("class in neither predictions nor labels (IoU 0/0 = nan, as the course's evaluator gives)",
+                         f"class #{i}")
         print(f"class #{i} : {iou:1.5f}")
     print(f"mean_iou: {miou:f}")
 

@@ -41,13 +41,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
     parser.set_defaults(save_every=25)  # 500 short epochs: last.pt and best.pt 20 times, not 500 (BENCHMARKS.md)
-    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True, help="report setting A–E, or E0 (frozen random backbone)")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True,
+                        help="report setting A–E, or E0 (frozen random backbone)")
     parser.add_argument("--backbone", default=None,
                         help="backbone for B–E: a state_dict file, or p1_pretrain.py's last.pt / best.pt (its "
                              "online network is taken) (default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt, "
                              f"C/E {OUR_BACKBONE})")
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
-    parser.add_argument("--results", default="runs/p1_results.csv", help="append the final accuracy here (default: %(default)s)")
+    parser.add_argument("--results", default="runs/p1_results.csv",
+                        help="append the final accuracy here (default: %(default)s)")
     gpu_aug.add_arg(parser, "the crop, flip and jitter of each training image")
     cache.add_cache_args(parser)
     return parser
@@ -58,7 +60,8 @@ def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
     model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=setting.frozen)
     if not setting.needs_backbone:
         if args.backbone:
-            raise UserError("--backbone", f"setting {args.setting} starts from random initialisation", "drop --backbone or pick B–E")
+            raise UserError("--backbone", f"setting {args.setting} starts from random initialisation",
+                            "drop --backbone or pick B–E")
         return model, "none"
     path = args.backbone or default_backbone(args.setting, args.data_root)
     load_backbone_into(model.net, path, args.arch)
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device, memory_format=memory_format)
 
     caching = cache.CacheConfig.from_args(args)
-    train_set = data.office_dataset(args.data_root, "train", data.classify_train_transform(args.image_size), skip_unreadable=True)
+    train_transform = data.classify_train_transform(args.image_size)
+    train_set = data.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
     augment, before_step = None, None
     if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
         train_set = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
@@ -84,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         train_set = cache.maybe_cached(caching, train_set, "office_train", world)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
     val_set = cache.maybe_cached(caching, val_set, "office_val", world)
-    loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed, world=world, device=device)
-    val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed, world=world, device=device)
+    loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed,
+                                 world=world, device=device)
+    val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed,
+                                     world=world, device=device)
 
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels = batch
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         counts = torch.zeros(2, device=device)
         for images, labels in val_loader:
             images, labels = loading.to_device((images, labels), device, memory_format)
-            counts += torch.stack([(m(images).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)]).float()
+            correct = (m(images).argmax(1) == labels).sum()
+            counts += torch.stack([correct, torch.tensor(len(labels), device=device)]).float()
         correct, total = distributed.all_reduce_sum(counts).tolist()
         return {"val_acc": correct / total}
 
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if world.is_main:
         frozen = "backbone frozen" if model.frozen else "full model"
-        print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / {len(val_set)} val images, {device}")
+        print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / "
+              f"{len(val_set)} val images, {device}")
     history = engine.fit(engine.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("val_acc", float("nan"))

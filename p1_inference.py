@@ -45,7 +45,8 @@ def checkpoint_path(arg: str | None) -> Path:
     path = Path(arg or os.environ.get("P1_CHECKPOINT") or DEFAULT_CHECKPOINT)
     if not path.is_file():
         raise UserError(path, "classifier checkpoint not found",
-                        "download it (bash hw1_download_ckpt.sh), train one with p1_finetune.py, or set P1_CHECKPOINT / --checkpoint")
+                        "download it (bash hw1_download_ckpt.sh), train one with p1_finetune.py, "
+                        "or set P1_CHECKPOINT / --checkpoint")
     return path
 
 
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     logits, _ = loading.extract_features(model, batches, device, prec=prec, desc="inference")
     preds = logits.argmax(1).tolist()
     io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
-    print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, {prec.describe()}, "
-          f"in {time.time() - t0:.1f}s → {args.out}")
+    print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, "
+          f"{prec.describe()}, in {time.time() - t0:.1f}s → {args.out}")
 
 
 if __name__ == "__main__":

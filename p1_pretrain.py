@@ -27,10 +27,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=["byol", "supervised"], default="byol",
                         help="byol: no labels; supervised: labels from `<class>_<n>.jpg` names (default: %(default)s)")
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
-    parser.add_argument("--ema-start", type=float, default=0.99, help="target EMA decay at step 0, cosine to 1 (default: %(default)s)")
+    parser.add_argument("--ema-start", type=float, default=0.99,
+                        help="target EMA decay at step 0, cosine to 1 (default: %(default)s)")
     parser.add_argument("--projection-size", type=int, default=256)
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
-    parser.add_argument("--simplicial", action="store_true", help="byol-pytorch's simplicial embeddings (not BYOL; off)")
+    parser.add_argument("--simplicial", action="store_true",
+                        help="byol-pytorch's simplicial embeddings (not BYOL; off)")
     parser.add_argument("--knn-k", type=int, default=20, help="k of the Office-Home kNN monitor (default: %(default)s)")
     gpu_aug.add_arg(parser, "BYOL's two views")
     parser.add_argument("--save-best", action="store_true",

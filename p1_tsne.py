@@ -72,7 +72,8 @@ def load_classifier(path: str, device: torch.device,
     meta = ckpt.get("meta", {})
     checkpoint.check_meta(path, meta, {"task": "classify"}, keys=("task",))
     if "arch" not in meta or "model" not in ckpt:
-        raise UserError(path, "not a classifier checkpoint (no meta.arch / model)", "pass a checkpoint of p1_finetune.py")
+        raise UserError(path, "not a classifier checkpoint (no meta.arch / model)",
+                        "pass a checkpoint of p1_finetune.py")
     model = Classifier(meta["arch"], meta.get("num_classes", data.NUM_OFFICE_CLASSES))
     model.load_state_dict(ckpt["model"])
     return model.to(device, memory_format=memory_format).eval(), meta, int(ckpt.get("epoch", 0))
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     for ckpt_path in map(Path, args.checkpoints):
         model, meta, epoch = load_classifier(str(ckpt_path), device, prec.memory_format)
         tf = data.classify_eval_transform(meta.get("image_size", 128))
-        train_set, val_set = data.office_dataset(args.data_root, "train", tf), data.office_dataset(args.data_root, "val", tf)
+        train_set, val_set = (data.office_dataset(args.data_root, "train", tf),
+                              data.office_dataset(args.data_root, "val", tf))
         (train_f, train_y), (val_f, val_y) = (
             loading.extract_features(model.features, loading.in_order(split, args.batch_size, args.workers, device),
                                      device, prec=prec, desc=f"{ckpt_path.name} {name}")
@@ -105,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         name = label_for(ckpt_path)
         title = f"{name} (epoch {epoch}): silhouette {sil:.3f}, kNN acc {knn:.3f}"
         png = viz.save_tsne(out / f"tsne_{name}.png", emb, labels, title, num_classes=data.NUM_OFFICE_CLASSES)
-        results.append({"checkpoint": str(ckpt_path), "name": name, "setting": meta.get("setting"), "arch": meta["arch"],
-                        "epoch": epoch, "feature_dim": int(train_f.shape[1]), "n_train": len(train_set),
-                        "n_val": len(val_set), "silhouette_2d": sil, "knn_acc": knn, "png": png.name})
+        results.append({"checkpoint": str(ckpt_path), "name": name, "setting": meta.get("setting"),
+                        "arch": meta["arch"], "epoch": epoch, "feature_dim": int(train_f.shape[1]),
+                        "n_train": len(train_set), "n_val": len(val_set), "silhouette_2d": sil, "knn_acc": knn,
+                        "png": png.name})
         embeddings.append(emb)
         titles.append(title)
         train_labels = labels

@@ -56,7 +56,8 @@ def _segment_anything():
         import segment_anything
     except ImportError as err:
         raise UserError("segment-anything", "the package is not installed",
-                        "pip install segment-anything==1.0 (in requirements.txt, not in the course's environment)") from err
+                        "pip install segment-anything==1.0 "
+                        "(in requirements.txt, not in the course's environment)") from err
     return segment_anything
 
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SAM: {model_name} on {device}, image encoder in {prec.name}")
     from segment_anything import SamAutomaticMaskGenerator
 
-    generator = SamAutomaticMaskGenerator(sam, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+    generator = SamAutomaticMaskGenerator(sam, points_per_side=args.points_per_side,
+                                          points_per_batch=args.points_per_batch,
                                           pred_iou_thresh=args.pred_iou_thresh,
                                           stability_score_thresh=args.stability_score_thresh)
     out = Path(args.out)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], "overlay": png.name,
                         "seconds": round(time.time() - t0, 2), "masks": [mask_record(m) for m in masks]})
         print(f"{path}: {len(masks)} masks in {time.time() - t0:.1f}s → {png}")
-    io.write_json(out / "sam_masks.json", {"model": model_name, "precision": prec.name, "points_per_side": args.points_per_side,
+    io.write_json(out / "sam_masks.json", {"model": model_name, "precision": prec.name,
+                                           "points_per_side": args.points_per_side,
                                            "pred_iou_thresh": args.pred_iou_thresh,
                                            "stability_score_thresh": args.stability_score_thresh, "images": results})
     print(f"masks: {out / 'sam_masks.json'}")

@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", choices=list(DEEPLAB), default="deeplabv3_resnet101", help="default: %(default)s")
     parser.add_argument("--focal-alpha", type=float, default=0.25, help="default: %(default)s")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="default: %(default)s")
-    parser.add_argument("--aux-weight", type=float, default=0.4, help="auxiliary head loss weight, 0 = no aux head (default: %(default)s)")
+    parser.add_argument("--aux-weight", type=float, default=0.4,
+                        help="auxiliary head loss weight, 0 = no aux head (default: %(default)s)")
     return parser
 
 

@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", default="report", help="REPORT.md and its PNGs go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--sam-checkpoint", default=None, help="run Segment Anything with these weights (sam_vit_*.pth)")
+    parser.add_argument("--sam-checkpoint", default=None,
+                        help="run Segment Anything with these weights (sam_vit_*.pth)")
     parser.add_argument("--sam-model-type", choices=["vit_h", "vit_l", "vit_b"], default=None,
                         help="default: read from the checkpoint's name")
     parser.add_argument("--force", action="store_true", help="run every stage again from scratch")
@@ -64,8 +65,8 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
         common += ["--workers", preset["workers"]]
     first: list[Stage] = []
     if preset["sample_data"]:
-        first.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data), "--preset", preset["sample_data"],
-                                           "--seed", str(args.seed)],
+        first.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data),
+                                           "--preset", preset["sample_data"], "--seed", str(args.seed)],
                            [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"]))
     after = [s.name for s in first]  # every later stage reads the data the first one writes
     return [*first, *p1_stages(preset, data, layout, common, after), *p2_stages(preset, data, layout, common, after),
@@ -99,7 +100,8 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
         backbone, needs = sources[setting.backbone]
         stages.append(_train(f"fine-tune {name}", "p1_finetune.py", layout.finetune(name),
                              common + ["--setting", name, *[a for b in backbone for a in ("--backbone", str(b))],
-                                       "--results", str(layout.p1_results)] + preset["probe" if setting.frozen else "finetune"],
+                                       "--results", str(layout.p1_results)]
+                             + preset["probe" if setting.frozen else "finetune"],
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
     stages.append(Stage("t-SNE", _script("p1_tsne.py") + common + [
@@ -113,14 +115,16 @@ def p2_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
     seg_extra = ["--results", str(layout.p2_results)]
     stages = [_train("train FCN32s", "p2_train_fcn32.py", layout.seg("fcn32s"), common + preset["fcn32s"] + seg_extra,
                      ["best.pt", "last.pt"], after),
-              _train("train DeepLabV3", "p2_train_deeplab.py", layout.seg("deeplabv3"), common + preset["deeplabv3"] + seg_extra,
-                     ["best.pt", "last.pt"], after)]
+              _train("train DeepLabV3", "p2_train_deeplab.py", layout.seg("deeplabv3"),
+                     common + preset["deeplabv3"] + seg_extra, ["best.pt", "last.pt"], after)]
     val = data / "p2_data" / "validation"
     for model, trained_by in (("fcn32s", "train FCN32s"), ("deeplabv3", "train DeepLabV3")):
         stages.append(Stage(f"hw1_2.sh {model}", ["bash", str(ROOT / "hw1_2.sh"), str(val), str(layout.pred(model))],
-                            [layout.pred(model)], env={"P2_CHECKPOINT": str(layout.seg(model) / "best.pt"), "HW1_PYTHON": PY},
+                            [layout.pred(model)],
+                            env={"P2_CHECKPOINT": str(layout.seg(model) / "best.pt"), "HW1_PYTHON": PY},
                             needs=after + [trained_by]))
-        stages.append(Stage(f"mean_iou {model}", _script("mean_iou.py") + ["--pred", str(layout.pred(model)), "--labels", str(val)],
+        stages.append(Stage(f"mean_iou {model}",
+                            _script("mean_iou.py") + ["--pred", str(layout.pred(model)), "--labels", str(val)],
                             [layout.miou(model)], stdout_file=layout.miou(model), needs=[f"hw1_2.sh {model}"]))
     return stages
 
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                         "pass --data-root with the course's hw1_data, or use --preset sample")
     if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
         raise UserError(args.sam_checkpoint, "SAM checkpoint not found",
-                        "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) and pass its path")
+                        "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) "
+                        "and pass its path")
     if args.force and layout.runs.exists() and not args.report_only:
         print(f"--force: removing {layout.runs} to start from scratch")
         shutil.rmtree(layout.runs)
@@ -209,9 +214,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"--- last lines of {log}:\n{log_tail(log)}\n---", file=sys.stderr)
             raise UserError(log, f"stage '{stage.name}' failed (exit {rc}; missing: {', '.join(missing) or 'nothing'})",
                             "fix the cause shown above, then run the same command again to continue")
-    how = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--report-only", "--in-process", "--force")]
+    how = [a for a in (argv if argv is not None else sys.argv[1:])
+           if a not in ("--report-only", "--in-process", "--force")]
     info = ReportInfo(preset=args.preset, command=shlex.join(["python", "reproduce.py", *how]),
-                      data_root=args.data_root, description=preset["description"], sample_data=preset["sample_data"] is not None,
+                      data_root=args.data_root, description=preset["description"],
+                      sample_data=preset["sample_data"] is not None,
                       machine=machine(), wall_seconds=None if args.report_only else time.time() - t_start,
                       ran_now=ran_now, model_names=MODEL_TREES)
     path = write_report(layout, args.report, info)

@@ -98,8 +98,9 @@ def make_images(folder: Path, n: int, size: int, *, stem: str = "{c}_{i}", seed:
 def pretrain_args(cfg: argparse.Namespace, out: Path, *extra: str) -> argparse.Namespace:
     import p1_pretrain
 
-    argv = ["--data-root", str(cfg.data_root), "--out", str(out), "--arch", cfg.arch, "--batch-size", str(cfg.batch_size),
-            "--image-size", str(cfg.image_size), "--workers", str(cfg.workers), "--device", cfg.device_name,
+    argv = ["--data-root", str(cfg.data_root), "--out", str(out), "--arch", cfg.arch,
+            "--batch-size", str(cfg.batch_size), "--image-size", str(cfg.image_size), "--workers", str(cfg.workers),
+            "--device", cfg.device_name,
             "--precision", cfg.precision,
             "--epochs", "1", "--max-steps", str(cfg.warmup + cfg.steps + 1), "--warmup-steps", "1",
             "--cache-dir", str(cfg.cache_dir), *extra]

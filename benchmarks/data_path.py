@@ -43,7 +43,8 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
         impls["kornia.augmentation"] = ("per image, but one jitter order per batch",
                                         lambda: [k(x.float() / 255) for k in kv])
     impls["torchvision v2 on the batch"] = ("NO: one draw for the whole batch", lambda: [t(x) for t in tv])
-    impls["torchvision v2 per image"] = ("per image (a Python loop)", lambda: [torch.stack([t(i) for i in x]) for t in tv])
+    impls["torchvision v2 per image"] = ("per image (a Python loop)",
+                                         lambda: [torch.stack([t(i) for i in x]) for t in tv])
     rows = []
     for name, (per_image, fn) in impls.items():
         times = timed_steps(fn, device, max(1, cfg.warmup // 2), max(3, cfg.steps // 4))
@@ -69,7 +70,8 @@ def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     for name, dataset, augment in (("data-b: loader, TwoViews per image (CPU path)", b_set, False),
                                    ("data-c: cache loader only", c_set, False),
                                    ("data-c: cache loader + batched views on the device", c_set, True)):
-        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, world=world, device=device)
+        loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0, world=world,
+                                     device=device)
         it = iter(loader)
         times = []
         for k in range(min(n_batches, len(loader))):
@@ -117,8 +119,8 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
             (f"loader-ft-gpu-aug: fine-tuning --gpu-aug, uint8 batches + the batched view on {device.type}", uint8_set,
              ft_batch, None, lambda b: view(loading.to_device(b[0], device))),
             ("loader-seg: segmentation, 512 px JPEG + mask, joint flips", seg_set, 8, collate, None)):
-        loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, world=world, device=device,
-                                     collate_fn=collate_fn)
+        loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, world=world,
+                                     device=device, collate_fn=collate_fn)
         times, t = [], time.perf_counter()
         for k, b in enumerate(loader):
             if on_device is not None:

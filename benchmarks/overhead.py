@@ -32,7 +32,8 @@ def monitor_features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.T
     return monitor.features(fn, images, torch.zeros(len(images), dtype=torch.long, device=images.device))[0]
 
 
-def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path, rows: dict[str, dict]) -> dict[str, torch.Tensor]:
+def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path,
+                      rows: dict[str, dict]) -> dict[str, torch.Tensor]:
     """The kNN monitor's images, before (JPEGs through fresh loader pools) and now (cached uint8 on the device);
     returns the cached sets."""
     from hw1 import cache
@@ -50,7 +51,8 @@ def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path,
     rows["monitor data path, before: decode the JPEGs, 2 fresh loader pools"] = {"seconds": time.perf_counter() - t}
     caching = cache.CacheConfig(True, work / "cache", cfg.workers)
     t = time.perf_counter()
-    images = {k: cache.decoded_images(caching, paths, f"office_{k}", distributed.World()).to(device) for k, paths in office.items()}
+    images = {k: cache.decoded_images(caching, paths, f"office_{k}", distributed.World()).to(device)
+              for k, paths in office.items()}
     rows["monitor set-up, once a run: build the cache, load it on the device"] = {"seconds": time.perf_counter() - t}
     sync(device)
     t = time.perf_counter()

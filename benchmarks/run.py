@@ -42,7 +42,8 @@ class Sections:
         try:
             return fn()
         except Exception as err:  # noqa: BLE001 - reported in the table and the JSON
-            self.rows.append({"row": f"{name}: failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+            self.rows.append({"row": f"{name}: failed",
+                              "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
             return None
         finally:
             self.lap(name)
@@ -67,12 +68,16 @@ def run_sections(cfg: argparse.Namespace, device: torch.device, work: Path) -> d
     sections.add_rows("data", lambda: bench_data(cfg, device))
     sections.add_rows("loaders", lambda: bench_loaders(cfg, device, work))
     sections.add_rows("a", lambda: bench_byol_pytorch(cfg, device))
-    sections.add_rows("b", lambda: bench_step(cfg, device, "b: this project's step, CPU augmentation (TwoViews in the loader)",
-                                         "--no-gpu-aug", "--no-cache"))
-    sections.add_rows("c", lambda: bench_step(cfg, device, "c: cache + batched views on the device", "--gpu-aug", "--cache"))
+    sections.add_rows("b", lambda: bench_step(cfg, device,
+                                              "b: this project's step, CPU augmentation (TwoViews in the loader)",
+                                              "--no-gpu-aug", "--no-cache"))
+    sections.add_rows("c", lambda: bench_step(cfg, device, "c: cache + batched views on the device",
+                                              "--gpu-aug", "--cache"))
     with compile_backend(cfg.compile_backend):
-        sections.add_rows("c-compile", lambda: bench_step(cfg, device, f"c+compile: (c) with --compile (backend {cfg.compile_backend})",
-                                                     "--gpu-aug", "--cache", "--compile"))
+        sections.add_rows("c-compile", lambda: bench_step(cfg, device,
+                                                          "c+compile: (c) with --compile "
+                                                          f"(backend {cfg.compile_backend})",
+                                                          "--gpu-aug", "--cache", "--compile"))
     flops = sections.attempt("mfu", lambda: count_step_flops(cfg, device))
     if flops:
         result["mfu"] = mfu(cfg, device, flops, rows)
@@ -98,7 +103,8 @@ def ratios(rows: list[dict]) -> dict[str, float]:
     return {k: v for k, v in {
         "c / a": _div(by.get("c"), by.get("a")), "c+compile / a": _div(by.get("c+compile"), by.get("a")),
         "c / b": _div(by.get("c"), by.get("b")),
-        "data-c (+ views) / c": _div(next((r["images_per_s"] for r in rows if r["row"].startswith("data-c: cache loader +")), None), by.get("c")),
+        "data-c (+ views) / c": _div(next((r["images_per_s"] for r in rows
+                                           if r["row"].startswith("data-c: cache loader +")), None), by.get("c")),
         "data-b / b": _div(by.get("data-b"), by.get("b")),
     }.items() if v is not None}
 
@@ -113,7 +119,8 @@ def environment(cfg: argparse.Namespace, device: torch.device, argv: list[str] |
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_name()})",
         "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(), "command": "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "load_average": os.getloadavg(),
+        "command": "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in ("out", "prec")},
         "precision": cfg.prec.describe(),
         "seconds": round(time.perf_counter() - t_start, 1),

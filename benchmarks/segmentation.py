@@ -30,7 +30,8 @@ def _bench_seg_model(cfg: argparse.Namespace, device: torch.device, arch: str) -
     rows = []
     model = build_seg_model(arch, "none").to(device, memory_format=cfg.prec.memory_format)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size, device=device).contiguous(memory_format=cfg.prec.memory_format)
+    x = torch.randn(cfg.seg_batch, 3, cfg.seg_size, cfg.seg_size,
+                    device=device).contiguous(memory_format=cfg.prec.memory_format)
     y = torch.randint(0, 7, (cfg.seg_batch, cfg.seg_size, cfg.seg_size), device=device)
     scaler = cfg.prec.grad_scaler()  # as engine.fit: a pass-through unless fp16
 
@@ -56,7 +57,8 @@ def _bench_seg_model(cfg: argparse.Namespace, device: torch.device, arch: str) -
     model.eval()
     with PeakMemory(device) as mem:
         times = timed_steps(infer_step, device, cfg.seg_warmup, cfg.seg_steps)
-    rows.append({"row": f"seg inference: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times), "peak_mem_gib": mem.gib})
+    rows.append({"row": f"seg inference: {arch} {cfg.seg_size}px", "images_per_s": rate(cfg.seg_batch, times),
+                 "peak_mem_gib": mem.gib})
     return rows
 
 
@@ -75,11 +77,13 @@ def bench_hw12(cfg: argparse.Namespace, device: torch.device, work: Path) -> dic
         env["CUDA_VISIBLE_DEVICES"] = ""
     out = work / "hw12_masks"
     t = time.perf_counter()
-    proc = subprocess.run(["bash", str(ROOT / "hw1_2.sh"), str(images), str(out)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(ROOT / "hw1_2.sh"), str(images), str(out)], env=env, capture_output=True,
+                          text=True)
     wall = time.perf_counter() - t
     written = len(list(out.glob("*_mask.png"))) if out.is_dir() else 0
-    row = {"row": f"hw1_2.sh: {cfg.hw12_images} images 512x512 ({arch} at {cfg.seg_size}px, start-up included)", "wall_s": wall,
-           "images_per_s": cfg.hw12_images / wall, "masks_written": written, "exit_code": proc.returncode}
+    row = {"row": f"hw1_2.sh: {cfg.hw12_images} images 512x512 ({arch} at {cfg.seg_size}px, start-up included)",
+           "wall_s": wall, "images_per_s": cfg.hw12_images / wall, "masks_written": written,
+           "exit_code": proc.returncode}
     if proc.returncode:
         row["error"] = proc.stderr.strip().splitlines()[-1:] or ["?"]
     return row

@@ -20,11 +20,14 @@ def markdown(result: dict) -> str:
              "| row | images/s | peak memory (GiB) | notes |", "|---|---|---|---|"]
     for r in result["rows"]:
         notes = [f"{k}={fmt(v, 2)}" for k, v in r.items() if k not in ("row", "images_per_s", "peak_mem_gib")]
-        lines.append(f"| {r['row']} | {fmt(r.get('images_per_s'))} | {fmt(r.get('peak_mem_gib'), 2)} | {'; '.join(notes)} |")
+        lines.append(f"| {r['row']} | {fmt(r.get('images_per_s'))} | "
+                     f"{fmt(r.get('peak_mem_gib'), 2)} | {'; '.join(notes)} |")
     if result.get("mfu"):
         m = result["mfu"]
-        lines += ["", f"MFU of (c): {fmt(m['gflop_per_image'], 2)} GFLOP per image (FlopCounterMode, forward + backward), "
-                  f"peak {fmt(m['peak_tflops'])} TFLOP/s → compile off {fmt(m.get('c'), 3)}, compile on {fmt(m.get('c+compile'), 3)}"]
+        lines += ["", f"MFU of (c): {fmt(m['gflop_per_image'], 2)} GFLOP per image "
+                  "(FlopCounterMode, forward + backward), "
+                  f"peak {fmt(m['peak_tflops'])} TFLOP/s → compile off {fmt(m.get('c'), 3)}, "
+                  f"compile on {fmt(m.get('c+compile'), 3)}"]
     if result.get("ratios"):
         lines += ["", "ratios: " + ", ".join(f"{k} = {fmt(v, 2)}" for k, v in result["ratios"].items())]
     if result.get("profile"):
@@ -38,7 +41,8 @@ def markdown(result: dict) -> str:
     if result.get("overhead"):
         lines += ["", "per-epoch overhead (seconds; `before_s`: what every epoch paid before issue 12):", "",
                   "| cost | seconds | notes |", "|---|---|---|"]
-        lines += [f"| {k} | {fmt(v.get('seconds'), 3)} | {'; '.join(f'{n}={fmt(x, 3)}' for n, x in v.items() if n != 'seconds')} |"
+        lines += [f"| {k} | {fmt(v.get('seconds'), 3)} | "
+                  f"{'; '.join(f'{n}={fmt(x, 3)}' for n, x in v.items() if n != 'seconds')} |"
                   for k, v in result["overhead"].items()]
     if result.get("section_seconds"):
         lines += ["", "seconds per section: " + ", ".join(f"{k} {v}" for k, v in result["section_seconds"].items())]

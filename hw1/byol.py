@@ -126,8 +126,9 @@ def _plain_batchnorm() -> Iterator[None]:
         byol_lib.MaybeSyncBatchnorm = original
 
 
-def build_byol(arch: str, image_size: int, device: torch.device, *, augment_fns: tuple[nn.Module, nn.Module] | None = None,
-               projection_size: int = 256, projection_hidden_size: int = 4096, simplicial: bool = False,
+def build_byol(arch: str, image_size: int, device: torch.device, *,
+               augment_fns: tuple[nn.Module, nn.Module] | None = None, projection_size: int = 256,
+               projection_hidden_size: int = 4096, simplicial: bool = False,
                memory_format: torch.memory_format = torch.contiguous_format) -> BYOL:
     """byol-pytorch's BYOL on a torchvision ResNet whose `fc` is removed: its output is the pooled feature.
 

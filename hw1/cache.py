@@ -36,7 +36,8 @@ HEADROOM = 256 * 2**20  # keep this much disk free after the cache is written
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", action=compat.BooleanOptionalAction, default=None,
-                        help="decode the images once into a memory-mapped uint8 cache (default: on when it fits on disk)")
+                        help="decode the images once into a memory-mapped uint8 cache (default: on when it fits on "
+                             "disk)")
     parser.add_argument("--cache-dir", default=None, help="where the cache lives (default: DATA_ROOT/.cache)")
 
 
@@ -100,7 +101,8 @@ def build(paths: Sequence[Path], side: int, target: Path, *, workers: int = 0, d
         del arr
 
 
-def _decode_into(arr: np.ndarray, paths: Sequence[Path], side: int, workers: int, desc: str, skip_unreadable: bool) -> None:
+def _decode_into(arr: np.ndarray, paths: Sequence[Path], side: int, workers: int, desc: str,
+                 skip_unreadable: bool) -> None:
     # Its own generator: decoding must not move the global RNG, or a run that builds a cache would
     # initialise its model differently from one that finds it built.
     loader = DataLoader(_Decode(paths, side, skip_unreadable), batch_size=64, num_workers=workers,
@@ -188,7 +190,8 @@ class CachedImages(Dataset):
     the same transform gives the same result on a cached image as on the decoded file.
     """
 
-    def __init__(self, path: str | os.PathLike, labels: Sequence[int] | None = None, transform: Callable | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, labels: Sequence[int] | None = None,
+                 transform: Callable | None = None) -> None:
         self.path, self.transform = Path(path), transform
         self._arr: np.ndarray | None = None
         n = len(self.array)
@@ -238,7 +241,8 @@ class CacheConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CacheConfig:
-        return cls(args.cache, Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache", args.workers)
+        folder = Path(args.cache_dir) if args.cache_dir else Path(args.data_root) / ".cache"
+        return cls(args.cache, folder, args.workers)
 
 
 def cached_dataset(cfg: CacheConfig, paths: Sequence[Path], name: str, world: World, *,

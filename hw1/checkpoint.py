@@ -72,11 +72,13 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
 
 
 def _unreadable(path: Path, err: Exception) -> UserError:
-    return UserError(path, f"not a readable checkpoint ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})",
+    return UserError(path, f"not a readable checkpoint "
+                     f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})",
                      "the file is corrupted or truncated; re-download or retrain it")
 
 
-def check_meta(path: str | os.PathLike, found: dict, expected: dict, keys: tuple[str, ...] = ("task", "arch", "num_classes")) -> None:
+def check_meta(path: str | os.PathLike, found: dict, expected: dict,
+               keys: tuple[str, ...] = ("task", "arch", "num_classes")) -> None:
     """A checkpoint of another model or class count is an error that names both."""
     for key in keys:
         if key in expected and key in found and found[key] != expected[key]:
@@ -101,7 +103,8 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -130,7 +133,8 @@ def grading_state(path: str | os.PathLike, state: Any) -> dict:
     meta, plus the epoch and monitor value it was kept at."""
     meta = state.get("meta") if isinstance(state, dict) else None
     if not isinstance(meta, dict) or meta.get("task") not in GRADED_TASKS or not isinstance(state.get("model"), dict):
-        what = f"a {meta['task']!r} checkpoint" if isinstance(meta, dict) and meta.get("task") else "no model with its meta"
+        what = (f"a {meta['task']!r} checkpoint" if isinstance(meta, dict) and meta.get("task")
+                else "no model with its meta")
         raise UserError(path, f"holds {what}; grading loads a classifier (p1_finetune.py) or a segmentation model "
                         "(p2_train_*.py)", "pass that run's best.pt")
     weights = {strip_prefix(k, "module."): v.detach().float() if v.is_floating_point() else v.detach()

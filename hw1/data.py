@@ -42,7 +42,8 @@ def data_dir(root: str | os.PathLike, *parts: str) -> Path:
     """`root/parts…`, failing clearly when the data root itself is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(root, "data root not found", "pass --data-root pointing at hw1_data (it holds p1_data/ and p2_data/)")
+        raise UserError(root, "data root not found",
+                        "pass --data-root pointing at hw1_data (it holds p1_data/ and p2_data/)")
     return root.joinpath(*parts)
 
 
@@ -138,7 +139,8 @@ class ImageListDataset(Dataset):
             except UserError as err:
                 if not self.skip_unreadable:
                     raise
-                WARNINGS.add("unreadable training image skipped (the next one used instead)", f"{self.paths[i]}: {err.problem}")
+                WARNINGS.add("unreadable training image skipped (the next one used instead)",
+                             f"{self.paths[i]}: {err.problem}")
                 continue
             return (self.transform(img) if self.transform else img), self.labels[i]
         raise UserError(self.paths[index].parent, "no training image could be read", "check the image files")
@@ -149,8 +151,8 @@ def office_dataset(root: str | os.PathLike, split: str, transform: Callable | No
     """Office-Home `split` ('train' or 'val') from `root/p1_data/office`."""
     office = data_dir(root, "p1_data", "office")
     rows = read_image_csv(office / f"{split}.csv", office / split, need_labels=need_labels)
-    return ImageListDataset([office / split / r.filename for r in rows], [r.label if r.label is not None else -1 for r in rows],
-                            transform, skip_unreadable)
+    return ImageListDataset([office / split / r.filename for r in rows],
+                            [r.label if r.label is not None else -1 for r in rows], transform, skip_unreadable)
 
 
 def mini_label(path: Path) -> int:
@@ -180,4 +182,5 @@ def classify_train_transform(size: int, recipe: ViewRecipe = FINETUNE_VIEW) -> T
 
 def classify_eval_transform(size: int) -> T.Compose:
     """Deterministic validation / inference transform: resize to the model's size."""
-    return T.Compose([T.PILToTensor(), T.Resize((size, size), antialias=True), T.ToDtype(torch.float32, scale=True), normalize()])
+    return T.Compose([T.PILToTensor(), T.Resize((size, size), antialias=True), T.ToDtype(torch.float32, scale=True),
+                      normalize()])

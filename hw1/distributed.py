@@ -77,7 +77,8 @@ def _unusable_gpu(caught: list) -> tuple[str, str] | None:
 
 def init_distributed(device_name: str) -> tuple[World, torch.device]:
     """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU)."""
-    env = {k: int(os.environ.get(k, default)) for k, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))}
+    env = {k: int(os.environ.get(k, default))
+           for k, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))}
     world = World(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"])
     device = setup_device(device_name, world.local_rank)
     if world.enabled and not torch_dist.is_initialized():

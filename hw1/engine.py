@@ -39,9 +39,11 @@ def add_common_args(
     g.add_argument("--out", default=out, help="checkpoints, logs and figures go here (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=epochs, help="default: %(default)s")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="global batch, split across DDP ranks (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help="global batch, split across DDP ranks (default: %(default)s)")
     g.add_argument("--image-size", type=int, default=image_size, help="default: %(default)s")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="data-loader processes (default: %(default)s)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     g.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
@@ -49,17 +51,22 @@ def add_common_args(
     g.add_argument("--save-every", type=int, default=1, metavar="N",
                    help="write OUT/last.pt every N epochs, after the last and on SIGTERM/SIGINT (default: %(default)s)")
     g.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
-                   help="also write it at the first epoch end M minutes after the previous write (default: %(default)s)")
+                   help="also write it at the first epoch end M minutes after the previous write "
+                        "(default: %(default)s)")
     g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=weight_decay, help="default: %(default)s")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (default: 0.9 0.999)")
-    g.add_argument("--warmup-steps", type=int, default=warmup_steps, help="linear warm-up iterations, then cosine (default: %(default)s)")
-    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last) (default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=warmup_steps,
+                   help="linear warm-up iterations, then cosine (default: %(default)s)")
+    g.add_argument("--eval-every", type=int, default=1,
+                   help="evaluate every N epochs (and after the last) (default: %(default)s)")
     precision.add_arg(g)
-    g.add_argument("--compile", action=compat.BooleanOptionalAction, default=False, help="torch.compile the model (default: off)")
+    g.add_argument("--compile", action=compat.BooleanOptionalAction, default=False,
+                   help="torch.compile the model (default: off)")
     g.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     g.add_argument("--print-model", action="store_true",
-                   help="write the module tree and parameter counts to OUT/model.txt and stdout, then exit without training")
+                   help="write the module tree and parameter counts to OUT/model.txt and stdout, then exit without "
+                        "training")
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,8 @@ def train_one_epoch(train_model: nn.Module, task: Task, loader: DataLoader, stat
                     stop: stopping.StopRequested) -> _Epoch:
     """The epoch's steps, from a resumed batch on; a stop request mid-epoch checkpoints and exits here."""
     task.model.train()
-    first_batch, steps_per_epoch = loader.sampler.start_batch, loader.sampler.batches_per_epoch()  # type: ignore[attr-defined]
+    sampler = loader.sampler  # an EpochSampler (loading.make_loader)
+    first_batch, steps_per_epoch = sampler.start_batch, sampler.batches_per_epoch()  # type: ignore[attr-defined]
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), math.inf, device=device)
     n_steps, stop_now, data_wait, next_batch = 0, False, 0.0, first_batch
@@ -245,7 +253,8 @@ def _advance_schedule(state: TrainState) -> None:
 def _wrap(model: nn.Module, cfg: TrainConfig, world: World, device: torch.device) -> nn.Module:
     """The module the steps call: DDP across ranks, then torch.compile when asked; `model` stays the one saved."""
     if world.enabled:
-        model = nn.parallel.DistributedDataParallel(model, **({"device_ids": [device.index]} if device.type == "cuda" else {}))
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return torch.compile(model) if cfg.compile else model
 
 
@@ -256,7 +265,8 @@ def _end_epoch(task: Task, state: TrainState, cfg: TrainConfig, prec: Precision,
                done: _Epoch) -> dict:
     """Evaluate when due, write the checkpoints due, log the epoch's row; returns the row."""
     t_steps = time.perf_counter()
-    record = {"epoch": epoch + 1, "step": state.step, "train_loss": done.mean_loss, "lr": state.scheduler.get_last_lr()[0]}
+    record = {"epoch": epoch + 1, "step": state.step, "train_loss": done.mean_loss,
+              "lr": state.scheduler.get_last_lr()[0]}
     last = epoch + 1 == cfg.epochs or state.step >= cfg.max_steps
     if task.evaluate and ((epoch + 1) % cfg.eval_every == 0 or last):
         record.update(_evaluate(task, prec, epoch))
@@ -302,7 +312,8 @@ def _save_due(task: Task, state: TrainState, cfg: TrainConfig, world: World, epo
     if improved:
         state.best = record[task.monitor]
         if task.keep_best and world.is_main:
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in task.model.state_dict().items()}  # training goes on
+            # a copy on the CPU: training goes on
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in task.model.state_dict().items()}
             state.unsaved_best = {"model": weights, "meta": task.meta, "epoch": epoch + 1, "best": state.best,
                                   "args": cfg.flags}
     first = task.keep_first and epoch == 0

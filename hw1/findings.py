@@ -20,8 +20,8 @@ class Claim:
 
 CLAIMS = (
     Claim("BYOL improves its kNN monitor over its random initialisation", ("byol", "knn_last"), ("byol", "knn_first"),
-          "BYOL backbone's kNN accuracy (Office-Home train → val): last evaluation vs the initialisation (step 0)", 0.05,
-          0.043),
+          "BYOL backbone's kNN accuracy (Office-Home train → val): last evaluation vs the initialisation "
+          "(step 0)", 0.05, 0.043),
     Claim("E beats E0", ("p1", "E", "val_acc"), ("p1", "E0", "val_acc"),
           "linear probe on a frozen backbone, val accuracy: BYOL backbone (E) vs random backbone (E0)", 0.10, 0.004),
     Claim("C beats A", ("p1", "C", "val_acc"), ("p1", "A", "val_acc"),
@@ -32,8 +32,8 @@ CLAIMS = (
     Claim("model B beats model A in mIoU", ("p2", "deeplabv3", "miou"), ("p2", "fcn32s", "miou"),
           "validation mIoU: model B (DeepLabV3) vs model A (FCN32s)", 0.0, 0.130),
     Claim("t-SNE of the last epoch is more clustered than the first", ("tsne", "last", "silhouette"),
-          ("tsne", "first", "silhouette"), "silhouette of the classes in the t-SNE map (setting C): last epoch vs first",
-          0.0, 0.044),
+          ("tsne", "first", "silhouette"),
+          "silhouette of the classes in the t-SNE map (setting C): last epoch vs first", 0.0, 0.044),
 )
 
 
@@ -71,14 +71,16 @@ def markdown(findings: list[dict], preset: str | None = None) -> list[str]:
              *(["On the sample preset, a difference inside the spread that two of its runs showed (another seed, "
                 "another machine: README, \"Results that hold on another machine\") is not settled either way.\n"]
                if sample else []),
-             "| claim | this run | ours | versus | difference | margin | numbers compared |" + (" settled |" if sample else ""),
+             "| claim | this run | ours | versus | difference | margin | numbers compared |"
+             + (" settled |" if sample else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if sample else "")]
     for f in findings:
         verdict = "**shown**" if f["shown"] else "**not shown**"
         claim = claims[f["claim"]]
         margin = f"≥ {claim.margin:+.2f}" if claim.margin else "> 0"
         diff = f["ours"] - f["versus"]
-        settled = ("yes" if abs(diff) > claim.sample_spread else f"no: inside ±{claim.sample_spread:.3f}") if sample else ""
+        settled = (("yes" if abs(diff) > claim.sample_spread else f"no: inside ±{claim.sample_spread:.3f}")
+                   if sample else "")
         lines.append(f"| {f['claim']} | {verdict} | {f['ours']:.4f} | {f['versus']:.4f} | {diff:+.4f} | "
                      f"{margin} | {claim.measure} |" + (f" {settled} |" if sample else ""))
     return lines + [""]

@@ -1,26 +1,18 @@
 """Random views as batched tensor ops on any device: uint8 (B, 3, H, W) in, normalised float out. BYOL's two
 views (`--gpu-aug` of p1_pretrain.py) and fine-tuning's crop, flip and jitter (`--gpu-aug` of p1_finetune.py).
 
-Each image draws its own crop, flip, jitter (with its own order of the four jitter steps, as
-torchvision's ColorJitter does per call), grayscale, blur sigma and solarize, from the same
-recipe (`hw1.recipes`) as the CPU path (PIL/torchvision per sample). With the same
-parameters the output equals torchvision's per-image ops (tests/test_speed.py) except that values
-stay float between steps (torchvision rounds to uint8 after each) and the bilinear crop reads the
-real neighbouring pixel at the crop's 1-px border, where torchvision repeats the edge.
+Each image draws its own crop, flip, jitter (with its own order of the jitter steps, as torchvision's ColorJitter
+does per call), grayscale, blur sigma and solarize from the same recipe (`hw1.recipes`) as the per-image CPU path.
+With the same parameters the output equals torchvision's per-image ops (tests/test_speed.py), except that values
+stay float between steps (torchvision rounds to uint8 after each) and the bilinear crop reads the real neighbouring
+pixel at the crop's 1-px border, where torchvision repeats the edge.
 
-Why our own ops and not a library (bench.py's `aug` section measures the three; CPU numbers in
-BENCHMARKS.md, the GPU choice is untested until that section runs on a GPU):
-- torchvision v2 on a batch draws ONE set of parameters for the whole batch (one crop, one
-  jitter for all images): not BYOL. Per sample it is correct but a Python loop of B x ~10 ops.
-- kornia.augmentation draws per-sample crops (torchvision's sampler), flips, factors and sigmas,
-  but its ColorJitter applies the four jitter steps in one order for the whole batch (torchvision:
-  a fresh order per image), and that random order is read back to the host (`.tolist()`, a sync
-  on a GPU). On the CPU it was 2.6x slower than this file (bench.py `aug`, BENCHMARKS.md).
-- here: parameters are drawn on the host (a CPU generator, so the same seed gives the same views
-  on CPU and GPU, and nothing is read back from the device: no sync); the crop is one
-  `roi_align` over per-sample boxes (adaptive sampling averages when a crop is shrunk, close to
-  antialiased resize); the jitter steps run on contiguous slices of a batch sorted by which step
-  each image takes at each position, so each step touches each image once.
+Why our own ops (the measured comparison: BENCHMARKS.md, bench.py's `aug` section): torchvision v2 on a batch draws
+one set of parameters for the whole batch, and per sample it is a Python loop; kornia draws per sample but applies
+one jitter order per batch and reads that order back to the host (a sync on a GPU). Here the parameters are drawn
+on the host from a CPU generator (the same seed gives the same views on CPU and GPU, and nothing is read back from
+the device); the crop is one `roi_align` over per-sample boxes; each jitter step runs on a contiguous slice of a
+batch sorted by the step each image takes at each position.
 """
 from __future__ import annotations
 
@@ -140,7 +132,8 @@ def hue_(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h6 = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
     h6 = h6.add_(6 * f.view(-1, 1, 1))
-    for c, n in enumerate((5, 3, 1)):  # HSV → RGB: channel = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + H/60°) mod 6
+    # HSV → RGB: channel = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + H/60°) mod 6
+    for c, n in enumerate((5, 3, 1)):
         k = torch.remainder(h6 + n, 6)
         x[:, c] = maxc - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
     return x

@@ -142,7 +142,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
     generator (for the workers' base seeds, which `Seeded` overrides) keeps starting an epoch off
     the global RNG, so a fresh loader after a resume draws nothing a kept one would not.
     """
-    sampler = EpochSampler(len(dataset), batch_size, shuffle=train, seed=seed, world=world, drop_last=train)  # type: ignore[arg-type]
+    sampler = EpochSampler(len(dataset), batch_size, shuffle=train, seed=seed, world=world,  # type: ignore[arg-type]
+                           drop_last=train)
     return DataLoader(
         Seeded(dataset), batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0,
@@ -151,7 +152,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
     )
 
 
-def in_order(dataset: Dataset, batch_size: int = 256, workers: int = 0, device: torch.device | None = None) -> DataLoader:
+def in_order(dataset: Dataset, batch_size: int = 256, workers: int = 0,
+             device: torch.device | None = None) -> DataLoader:
     """An evaluation loader: the dataset's batches in order, each read once."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                       pin_memory=device is not None and device.type == "cuda",
@@ -162,12 +164,13 @@ def in_order(dataset: Dataset, batch_size: int = 256, workers: int = 0, device: 
 def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, Any]],
                      device: torch.device, *, prec: Precision | None = None, desc: str | None = "features",
                      memory_format: torch.memory_format | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `fn` over (images, labels) batches (`in_order`'s, or tensors already on `device`) under `prec` (default fp32),
-    images in `memory_format` (default the precision's); returns (features, labels) on `device`."""
+    """Run `fn` over (images, labels) batches (`in_order`'s, or tensors already on `device`) under `prec` (default
+    fp32), images in `memory_format` (default the precision's); returns (features, labels) on `device`."""
     prec = prec or Precision("fp32", device.type)
     memory_format = memory_format or prec.memory_format
     feats, labels = [], []
-    with tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=desc is None) as bar:  # cleared before an error's line
+    # leave=False: the bar is cleared before an error's one line
+    with tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=desc is None) as bar:
         for images, targets in bar:
             with prec.autocast():
                 feats.append(fn(to_device(images, device, memory_format)).float())

@@ -63,7 +63,8 @@ def load_backbone_into(model: torchvision.models.ResNet, path: str | os.PathLike
     state = load_backbone_file(path)
     found = guess_arch(state)
     if found != arch:
-        raise UserError(path, f"backbone is {found} but --arch is {arch}", f"pass --arch {found} or another backbone file")
+        raise UserError(path, f"backbone is {found} but --arch is {arch}",
+                        f"pass --arch {found} or another backbone file")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]

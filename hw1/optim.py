@@ -42,7 +42,8 @@ def schedule_lengths(warmup_steps: int, total: int, verbose: bool = True) -> tup
 
 
 
-def restore(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, ckpt: dict, lr: float) -> None:
+def restore(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, ckpt: dict,
+            lr: float) -> None:
     """Load a checkpoint's optimiser and schedule state, keeping this run's betas and weight decay and `lr`."""
     flags = [(g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])

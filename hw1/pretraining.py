@@ -59,7 +59,8 @@ class KnnMonitor:
 
     def __init__(self, sets: list[tuple[torch.Tensor, torch.Tensor]], view_pair: list[torch.Tensor], image_size: int,
                  k: int, memory_format: torch.memory_format) -> None:
-        self.sets, self.view_pair, self.image_size, self.k, self.memory_format = sets, view_pair, image_size, k, memory_format
+        self.sets, self.view_pair, self.image_size = sets, view_pair, image_size
+        self.k, self.memory_format = k, memory_format
 
     @classmethod
     def build(cls, cfg: PretrainConfig, caching: cache.CacheConfig, world: World, device: torch.device,
@@ -79,7 +80,8 @@ class KnnMonitor:
         view_pair = [view(sets[1][0][:MONITOR_VIEWS]) for view in views]
         return cls(sets, view_pair, cfg.image_size, cfg.knn_k, memory_format)
 
-    def batches(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, images: torch.Tensor, labels: torch.Tensor,
+                batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches as `data.classify_eval_transform` makes them: resize, scale, normalise."""
         for x, y in zip(images.split(batch_size), labels.split(batch_size)):
             if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
@@ -92,9 +94,11 @@ class KnnMonitor:
 
         with torch.autocast(self.view_pair[0].device.type, enabled=False):
             (train_f, train_y), (val_f, val_y) = (self.features(pooled, images, labels) for images, labels in self.sets)
-        return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=self.k), "view_gap": view_gap(pooled, *self.view_pair)}
+        return {"knn_acc": knn_accuracy(train_f, train_y, val_f, val_y, k=self.k),
+                "view_gap": view_gap(pooled, *self.view_pair)}
 
-    def features(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return loading.extract_features(fn, self.batches(images, labels), images.device, desc=None,
                                         memory_format=self.memory_format)
 
@@ -110,7 +114,7 @@ class Pretraining:
         self.monitor = KnnMonitor.build(cfg, caching, world, device, memory_format)
         self.views: tuple[gpu_aug.BatchView, gpu_aug.BatchView] | None = None
         if cfg.method == "byol":
-            if gpu_aug.wanted(cfg.gpu_aug, device):  # the loader yields uint8 images; the model's augment hooks make the two views
+            if gpu_aug.wanted(cfg.gpu_aug, device):  # uint8 batches; the model's augment hooks make the two views
                 dataset = cache.uint8_images(caching, paths, "mini_train", world)
                 self.views = gpu_aug.batch_views(cfg.image_size, memory_format=memory_format)
             else:
@@ -118,11 +122,13 @@ class Pretraining:
                 dataset = cache.maybe_cached(caching, dataset, "mini_train", world)
             self.model: nn.Module = build_byol(
                 cfg.arch, cfg.image_size, device, augment_fns=self.views, projection_size=cfg.projection_size,
-                projection_hidden_size=cfg.projection_hidden_size, simplicial=cfg.simplicial, memory_format=memory_format)
+                projection_hidden_size=cfg.projection_hidden_size, simplicial=cfg.simplicial,
+                memory_format=memory_format)
             self.backbone = self.model.net
         else:
             labels = [data.mini_label(p) for p in paths]
-            dataset = data.ImageListDataset(paths, labels, data.classify_train_transform(cfg.image_size), skip_unreadable=True)
+            transform = data.classify_train_transform(cfg.image_size)
+            dataset = data.ImageListDataset(paths, labels, transform, skip_unreadable=True)
             dataset = cache.maybe_cached(caching, dataset, "mini_train", world)
             self.model = build_resnet(cfg.arch, num_classes=max(labels) + 1).to(device, memory_format=memory_format)
             self.backbone = self.model

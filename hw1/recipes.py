@@ -16,7 +16,7 @@ class ViewRecipe:
     """One random view: resized crop, horizontal flip (p 0.5), colour jitter, grayscale, blur, solarize, normalise."""
 
     scale: tuple[float, float]                        # the crop's area range, as a fraction of the image
-    jitter: tuple[float, float, float, float]         # brightness, contrast, saturation, hue strengths (0: the step is off)
+    jitter: tuple[float, float, float, float]         # brightness, contrast, saturation, hue strengths (0: off)
     jitter_p: float = 1.0                             # chance the colour jitter is applied at all
     gray_p: float = 0.0
     blur_p: float = 0.0

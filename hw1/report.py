@@ -55,7 +55,8 @@ def header(layout: Layout, info: ReportInfo, stages: dict[str, dict]) -> list[st
         md.append("> **Sample-data numbers, not the course's.** This run used the small synthetic data set that "
                   "`hw1/sample_data.py` writes in the course layout, with the small models and few steps below, on "
                   "the machine below. The *reference* columns are one student's report on the course "
-                  "data (SPEC §5); they are the bar for `--preset full` on a GPU with the course data, not for this run.\n")
+                  "data (SPEC §5); they are the bar for `--preset full` on a GPU with the course data, "
+                  "not for this run.\n")
     md.append(info.description + "\n")
     facts = [f"command: `{info.command}`", f"data: `{info.data_root}`", f"runs: `{layout.runs}`"]
     if info.machine:
@@ -83,14 +84,16 @@ def p1_table(layout: Layout) -> list[str]:
     """Problem 1's validation accuracies beside the reference, and the backbones used."""
     md = ["## Problem 1: BYOL pre-training and Office-Home fine-tuning\n",
           "### Validation accuracy, settings A–E and the control E0\n",
-          "| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) | epochs |",
+          "| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) "
+          "| epochs |",
           "|---|---|---|---|---|---|---|"]
     accs = p1_accuracies(layout)
     for s, setting in SETTINGS.items():
         pre, ft, ref, a = setting.pretraining, setting.fine_tuning, setting.reference, accs.get(s, {})
         if ref is None and not a:  # the control has no reference number: without a run it has no row either
             continue
-        if setting.backbone == "supervised" and a.get("backbone") and not a["backbone"].endswith("pretrain_model_SL.pt"):
+        if (setting.backbone == "supervised" and a.get("backbone")
+                and not a["backbone"].endswith("pretrain_model_SL.pt")):
             pre = "supervised (ours, Mini-ImageNet labels: the given backbone was absent)"
         reference = "none (control)" if ref is None else f"{ref:.4f}"
         md.append(f"| {s} | {pre} | {ft} | {reference} | {_fmt(a.get('final', math.nan))} | "
@@ -104,7 +107,8 @@ def p1_table(layout: Layout) -> list[str]:
     if (gap := byol_monitor(layout, "view_gap")):
         md.append(f"\nWhat BYOL trains for, on its backbone: the cosine of two BYOL views of one Office-Home val image "
                   f"minus that of views of different images (`view_gap` in its log) went from {gap[0]:.4f} at the "
-                  f"random initialisation (step 0) to {gap[1]:.4f} at the last evaluation. A rise says the objective is being learned; "
+                  f"random initialisation (step 0) to {gap[1]:.4f} at the last evaluation. "
+                  "A rise says the objective is being learned; "
                   f"whether that ranks classes is what the kNN monitor and E − E0 say.")
     md.append("")
     return md
@@ -113,15 +117,18 @@ def p1_table(layout: Layout) -> list[str]:
 def p1_curves(layout: Layout, figs: Figures) -> list[str]:
     """Pre-training curves, the fine-tuning runs compared, and each fine-tuning run's curves."""
     p1_figs = []
-    for name, log, title in (("byol", layout.pretrain_byol / "log.csv", "BYOL pre-training (kNN acc: Office-Home train→val)"),
-                             ("supervised", layout.pretrain_supervised / "log.csv", "supervised pre-training (Mini-ImageNet labels)")):
+    for name, log, title in (("byol", layout.pretrain_byol / "log.csv",
+                              "BYOL pre-training (kNN acc: Office-Home train→val)"),
+                             ("supervised", layout.pretrain_supervised / "log.csv",
+                              "supervised pre-training (Mini-ImageNet labels)")):
         if (link := figs.curves(log, f"curves_pretrain_{name}.png", title)):
             p1_figs.append((title, link))
     if compare_runs(figs.dir / "curves_finetune_val_acc.png",
                     {s: layout.finetune(s) / "log.csv" for s in SETTINGS}, "val_acc", "validation accuracy"):
         p1_figs.append(("fine-tuning A–E and E0, validation accuracy per epoch", "curves_finetune_val_acc.png"))
     for s in SETTINGS:
-        if (link := figs.curves(layout.finetune(s) / "log.csv", f"curves_finetune_{s}.png", f"fine-tuning, setting {s}")):
+        if (link := figs.curves(layout.finetune(s) / "log.csv", f"curves_finetune_{s}.png",
+                                f"fine-tuning, setting {s}")):
             p1_figs.append((f"fine-tuning {s}", link))
     return _figure_list("### Training curves\n", p1_figs)
 
@@ -138,7 +145,8 @@ def tsne(layout: Layout, figs: Figures) -> list[str]:
           "| checkpoint | epoch | feature dim | silhouette (2-D map) | kNN accuracy |",
           "|---|---|---|---|---|"]
     for c in scores["checkpoints"]:
-        md.append(f"| `{c['name']}` | {c['epoch']} | {c['feature_dim']} | {_fmt(c['silhouette_2d'])} | {_fmt(c['knn_acc'])} |")
+        md.append(f"| `{c['name']}` | {c['epoch']} | {c['feature_dim']} | "
+                  f"{_fmt(c['silhouette_2d'])} | {_fmt(c['knn_acc'])} |")
     if len(scores["checkpoints"]) >= 2:
         first, last = scores["checkpoints"][0], scores["checkpoints"][-1]
         d_sil, d_knn = last["silhouette_2d"] - first["silhouette_2d"], last["knn_acc"] - first["knn_acc"]
@@ -179,7 +187,8 @@ def p2_figures(layout: Layout, figs: Figures, labels: dict[str, str], data_root:
     """Each segmentation run's mIoU curve, and its masks at the early, middle and final epochs."""
     curves, progress = [], []
     for model, label in labels.items():
-        if (link := figs.curves(layout.seg(model) / "log.csv", f"curves_p2_{model}.png", f"model {label}", metrics=["miou"])):
+        if (link := figs.curves(layout.seg(model) / "log.csv", f"curves_p2_{model}.png", f"model {label}",
+                                metrics=["miou"])):
             curves.append((f"model {label}", link))
     for model, label in labels.items():
         png = figs.dir / f"progress_{model}.png"
@@ -187,7 +196,8 @@ def p2_figures(layout: Layout, figs: Figures, labels: dict[str, str], data_root:
             progress.append((f"model {label}", png.name))
     return [*_figure_list("### Training curves\n", curves),
             *_figure_list("### Mask progress: early, middle and final epochs\n", progress,
-                          "Predictions for validation images 0013, 0062 and 0104 at the first, middle and last epoch.\n")]
+                          "Predictions for validation images 0013, 0062 and 0104 at the first, middle and "
+                          "last epoch.\n")]
 
 
 def sam(layout: Layout, figs: Figures) -> list[str]:
@@ -196,10 +206,12 @@ def sam(layout: Layout, figs: Figures) -> list[str]:
     sam_json = layout.sam / "sam_masks.json"
     if not sam_json.is_file():
         return md + ["Not run: pass `--sam-checkpoint FILE` (e.g. "
-                     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth, `--sam-model-type vit_b`).\n"]
+                     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth, "
+                     "`--sam-model-type vit_b`).\n"]
     found = json.loads(sam_json.read_text())
     md += [f"`SamAutomaticMaskGenerator` ({found['points_per_side']} points per side, predicted-IoU threshold "
-           f"{found['pred_iou_thresh']}, stability threshold {found['stability_score_thresh']}), model `{found['model']}`.\n",
+           f"{found['pred_iou_thresh']}, stability threshold {found['stability_score_thresh']}), "
+           f"model `{found['model']}`.\n",
            "| image | masks | mean predicted IoU | mean stability | seconds |",
            "|---|---|---|---|---|"]
     for im in found["images"]:
@@ -220,7 +232,8 @@ def architectures(layout: Layout, figs: Figures, model_names: dict[str, str]) ->
     trees = {n: layout.model_tree(n) for n in model_names if layout.model_tree(n).is_file()}
     if not trees:
         return []
-    md = ["## Architectures (`--print-model`)\n", "| model | parameters | trainable | module tree |", "|---|---|---|---|"]
+    md = ["## Architectures (`--print-model`)\n", "| model | parameters | trainable | module tree |",
+          "|---|---|---|---|"]
     for n, path in trees.items():
         counts = parameter_counts(path) or (0, 0)
         link = figs.copy(path, f"model_{n}.txt")

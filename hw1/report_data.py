@@ -98,14 +98,16 @@ def p1_accuracies(layout: Layout) -> dict[str, dict]:
         log = csv_rows(layout.finetune(setting) / "log.csv")
         if setting not in found and log:
             accs = [to_float(r.get("val_acc")) for r in log]
-            found[setting] = {"final": accs[-1], "best": np.nanmax(accs) if not all(map(math.isnan, accs)) else math.nan,
+            found[setting] = {"final": accs[-1],
+                              "best": np.nanmax(accs) if not all(map(math.isnan, accs)) else math.nan,
                               "epochs": log[-1].get("epoch", ""), "backbone": ""}
     return found
 
 
 def byol_monitor(layout: Layout, column: str = "knn_acc") -> tuple[float, float] | None:
     """A BYOL monitor column (knn_acc, view_gap) at its first and last evaluation (None without two)."""
-    values = [v for v in (to_float(r.get(column)) for r in csv_rows(layout.pretrain_byol / "log.csv")) if not math.isnan(v)]
+    values = [v for v in (to_float(r.get(column)) for r in csv_rows(layout.pretrain_byol / "log.csv"))
+              if not math.isnan(v)]
     return (values[0], values[-1]) if len(values) >= 2 else None
 
 
@@ -156,7 +158,8 @@ def stage_records(layout: Layout) -> dict[str, dict]:
 
 
 def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> dict:
-    """results.json (SPEC §8): the numbers of the report's tables and its findings; stages that did not run are absent."""
+    """results.json (SPEC §8): the numbers of the report's tables and its findings; stages that did not run are
+    absent."""
     results: dict = {"preset": preset}
     if wall_seconds is not None:
         results["wall_s"] = round(wall_seconds, 1)
@@ -165,7 +168,8 @@ def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> 
     if p1:
         results["p1"] = {s: p1[s] for s in SETTINGS if s in p1}
     if (knn := byol_monitor(layout)):
-        results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}  # SPEC §8's keys only (view_gap: the report and log.csv)
+        # SPEC §8's keys only (view_gap: the report and log.csv)
+        results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}
     if (scores := tsne_scores(layout)) and len(checkpoints := scores["checkpoints"]) >= 2:
         results["tsne"] = {k: {"silhouette": c["silhouette_2d"], "knn_acc": c["knn_acc"]}
                            for k, c in (("first", checkpoints[0]), ("last", checkpoints[-1]))}

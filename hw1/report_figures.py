@@ -44,7 +44,8 @@ def compare_runs(path: Path, logs: dict[str, Path], metric: str, ylabel: str) ->
     for name, log in logs.items():
         rows = [r for r in csv_rows(log) if not math.isnan(to_float(r.get(metric)))]
         if rows:
-            ax.plot([to_float(r["epoch"]) for r in rows], [to_float(r[metric]) for r in rows], marker="o", ms=3, label=name)
+            ax.plot([to_float(r["epoch"]) for r in rows], [to_float(r[metric]) for r in rows], marker="o", ms=3,
+                    label=name)
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -75,7 +76,8 @@ def progress_figure(path: Path, snapshots: Path, val_dir: Path) -> bool:
         sat, gt = val_dir / f"{stem}_sat.jpg", val_dir / f"{stem}_mask.png"
         images.append(np.asarray(load_rgb(sat)) if sat.is_file() else np.zeros((8, 8, 3), np.uint8))
         images.append(classes_to_rgb(read_mask(gt)) if gt.is_file() else np.zeros((8, 8, 3), np.uint8))
-        images += [np.asarray(load_rgb(by_tag[t])) if t in by_tag else np.zeros((8, 8, 3), np.uint8) for t in PROGRESS_TAGS]
+        images += [np.asarray(load_rgb(by_tag[t])) if t in by_tag else np.zeros((8, 8, 3), np.uint8)
+                   for t in PROGRESS_TAGS]
         epochs = {t: re.search(r"_epoch(\d+)_", by_tag[t].name).group(1).lstrip("0") for t in by_tag}  # type: ignore[union-attr]
         rows.append(images)
         names.append(stem)

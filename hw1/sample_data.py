@@ -61,7 +61,8 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndar
         draw.ellipse(box, fill=255)
     elif shape in ("square", "frame"):
         inner = (cx - .85 * r, cy - .85 * r, cx + .85 * r, cy + .85 * r)
-        draw.rectangle(inner, fill=255) if shape == "square" else draw.rectangle(inner, outline=255, width=max(3, int(r / 2.4)))
+        draw.rectangle(inner, fill=255) if shape == "square" else draw.rectangle(inner, outline=255,
+                                                                                 width=max(3, int(r / 2.4)))
     elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx - r, cy + .8 * r), (cx + r, cy + .8 * r)], fill=255)
     elif shape == "cross":

@@ -78,14 +78,16 @@ def image_size_of(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except (UnidentifiedImageError, OSError) as err:
-        raise UserError(path, f"unreadable image ({str(err).splitlines()[0][:100]})", "replace or remove the file") from err
+        raise UserError(path, f"unreadable image ({str(err).splitlines()[0][:100]})",
+                        "replace or remove the file") from err
 
 
 def find_pairs(folder: str | os.PathLike, *, need_masks: bool) -> list[Pair]:
     """Every `xxxx_sat.jpg` in `folder`, with its `xxxx_mask.png` (required, same size) when `need_masks`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(folder, "folder not found", "check the path (training reads DATA_ROOT/p2_data/{train,validation})")
+        raise UserError(folder, "folder not found",
+                        "check the path (training reads DATA_ROOT/p2_data/{train,validation})")
     images = sorted(p for p in folder.iterdir() if p.name.lower().endswith(SAT_SUFFIX) and not p.name.startswith("."))
     if not images:
         raise UserError(folder, f"no xxxx{SAT_SUFFIX} images in this folder", "check the path")
@@ -95,7 +97,8 @@ def find_pairs(folder: str | os.PathLike, *, need_masks: bool) -> list[Pair]:
         mask = folder / f"{stem}{MASK_SUFFIX}"
         if need_masks:
             if not mask.is_file():
-                raise UserError(mask, f"mask missing for image {image.name}", f"every xxxx{SAT_SUFFIX} needs its xxxx{MASK_SUFFIX} beside it")
+                raise UserError(mask, f"mask missing for image {image.name}",
+                                f"every xxxx{SAT_SUFFIX} needs its xxxx{MASK_SUFFIX} beside it")
             (iw, ih), (mw, mh) = image_size_of(image), image_size_of(mask)
             if (iw, ih) != (mw, mh):
                 raise UserError(mask, f"mask is {mw}x{mh} but its image {image.name} is {iw}x{ih}",
@@ -134,7 +137,8 @@ def joint_augment(image: torch.Tensor, mask: torch.Tensor, augment: str) -> tupl
         side = max(1, int(min(h, w) * float(torch.empty(()).uniform_(0.5, 1.0))))
         top, left = int(torch.randint(0, h - side + 1, ())), int(torch.randint(0, w - side + 1, ()))
         image = TF.resize(image[:, top:top + side, left:left + side], [h, w], antialias=True)
-        mask = TF.resize(mask[None, top:top + side, left:left + side], [h, w], interpolation=InterpolationMode.NEAREST_EXACT)[0]
+        mask = TF.resize(mask[None, top:top + side, left:left + side], [h, w],
+                         interpolation=InterpolationMode.NEAREST_EXACT)[0]
     choice = int(torch.randint(0, 3, ()))
     if choice:
         dim = -1 if choice == 1 else -2

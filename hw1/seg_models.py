@@ -106,7 +106,8 @@ def pretrained_state(weights: torchvision.models.WeightsEnum) -> dict[str, torch
             raise UserError(cached, f"cached pretrained weights are unreadable ({reason})",
                             "delete the file and run again with internet, or pass --weights none") from err
         raise UserError(f"--weights default ({weights})",
-                        f"pretrained weights are not in the local cache ({cached}) and could not be downloaded ({reason})",
+                        f"pretrained weights are not in the local cache ({cached}) "
+                        f"and could not be downloaded ({reason})",
                         f"download {weights.url} on a machine with internet into {cached.parent} "
                         "(set $TORCH_HOME to choose the cache), or pass --weights none") from err
 
@@ -128,7 +129,8 @@ def build_seg_model(arch: str, weights: str = "none", *, aux: bool = False, num_
             raise UserError("--vgg", f"unknown FCN32s encoder {vgg!r}", f"use one of {', '.join(VGGS)}")
         if fc_width < 1 or (weights == "default" and fc_width != FC_WIDTH):
             raise UserError("--fc-width", f"{fc_width} does not fit {'VGG16' if fc_width > 0 else 'a layer'}",
-                            f"use --fc-width {FC_WIDTH} with --weights default, or a positive width with --weights none")
+                            f"use --fc-width {FC_WIDTH} with --weights default, "
+                            "or a positive width with --weights none")
         if weights == "none":
             return FCN32s(num_classes, fc_width=fc_width, vgg_arch=vgg)
         builder, imagenet = VGGS[vgg]
@@ -160,7 +162,8 @@ def model_from_checkpoint(path: str | os.PathLike, state: dict) -> tuple[nn.Modu
                         "pass a checkpoint written by p2_train_fcn32.py or p2_train_deeplab.py")
     if meta.get("arch") not in SEG_ARCHS or meta.get("num_classes") != NUM_CLASSES:
         raise UserError(path, f"names arch={meta.get('arch')!r} with {meta.get('num_classes')} classes; "
-                        f"this code builds {', '.join(SEG_ARCHS)} with {NUM_CLASSES}", "retrain with this project's scripts")
+                        f"this code builds {', '.join(SEG_ARCHS)} with {NUM_CLASSES}",
+                        "retrain with this project's scripts")
     model = build_seg_model(meta["arch"], "none", aux=False, fc_width=meta.get("fc_width", FC_WIDTH),
                            vgg=meta.get("vgg", "vgg16"))
     weights = {strip_prefix(k, "module."): v for k, v in state["model"].items() if not k.startswith("aux_classifier.")}

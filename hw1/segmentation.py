@@ -39,7 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", choices=AUGMENTS, default="flip",
                         help="joint image/mask augmentation: flip = identity / horizontal / vertical flip (the "
                              "reference), flip+scale adds a random zoom-in crop (default: %(default)s)")
-    parser.add_argument("--results", default="runs/p2_results.csv", help="append the final mIoU here (default: %(default)s)")
+    parser.add_argument("--results", default="runs/p2_results.csv",
+                        help="append the final mIoU here (default: %(default)s)")
     parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
                         help="before each validation, re-estimate batch-norm statistics from this many training "
                              "batches; for short runs from --weights none, whose running averages trail the "
@@ -49,7 +50,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- prediction and evaluation
 
 
-def predict_classes(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]], tta: bool = False) -> list[torch.Tensor]:
+def predict_classes(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
+                    tta: bool = False) -> list[torch.Tensor]:
     """Class ids at each image's own size: scores upsampled bilinearly, then argmax.
 
     `tta` averages the softmax over the identity, horizontal and vertical flips.
@@ -130,8 +132,10 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
         name = f"{pair.stem}_epoch{epoch + 1:03d}_{'-'.join(tags)}"
         write_mask(out / "snapshots" / f"{name}_mask.png", pred)
         save_image_grid(out / "snapshots" / f"{name}.png",
-                        [[np.asarray(load_rgb(pair.image)), classes_to_rgb(item["mask"].numpy()), classes_to_rgb(pred)]],
-                        row_titles=[pair.stem], col_titles=["image", "ground truth", f"epoch {epoch + 1} ({', '.join(tags)})"])
+                        [[np.asarray(load_rgb(pair.image)), classes_to_rgb(item["mask"].numpy()),
+                          classes_to_rgb(pred)]],
+                        row_titles=[pair.stem],
+                        col_titles=["image", "ground truth", f"epoch {epoch + 1} ({', '.join(tags)})"])
     model.train(was_training)
 
 
@@ -139,7 +143,8 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
 
 
 def _check_batch_norm_batch(model: nn.Module, arch: str, images_per_step: int) -> None:
-    """Batch norm in training mode cannot normalise one image: a model with any (DeepLabV3, FCN32s on vgg16_bn) needs 2."""
+    """Batch norm in training mode cannot normalise one image: a model with any (DeepLabV3, FCN32s on vgg16_bn)
+    needs 2."""
     if images_per_step < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError("--batch-size", f"{arch}'s batch norm needs at least 2 training images per process and step",
                         "use --batch-size 2 or more per process")
@@ -198,7 +203,8 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
         print(f"{arch}: final validation mIoU {final:.4f} (best {best:.4f}) — checkpoints in {out}")
         io.append_csv_row(args.results, {
             "arch": arch, "weights": args.weights, "miou": final, "best_miou": best, "epochs": history[-1]["epoch"],
-            "steps": history[-1]["step"], "out": str(out), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "steps": history[-1]["step"], "out": str(out),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })
     distributed.cleanup_distributed()
     return history

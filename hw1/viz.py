@@ -101,7 +101,8 @@ def save_curves(log_csv: str | os.PathLike, path: str | os.PathLike, title: str 
         for key in keys:
             if key in rows[0]:
                 ys = _column(rows, key)
-                ax.plot(epochs[~np.isnan(ys)], ys[~np.isnan(ys)], marker="o" if len(rows) < 30 else None, ms=3, label=key)
+                ax.plot(epochs[~np.isnan(ys)], ys[~np.isnan(ys)], marker="o" if len(rows) < 30 else None, ms=3,
+                        label=key)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

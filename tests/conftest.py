@@ -120,5 +120,6 @@ def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arch = "deeplabv3_mobilenet_v3_large"
     path = tmp_path_factory.mktemp("seg_checkpoint") / "seg.pt"
     checkpoint.save_checkpoint(path, {"model": build_seg_model(arch, "none").state_dict(), "meta": {
-        "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none", "aux": False}})
+        "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none",
+        "aux": False}})
     return path

@@ -27,16 +27,17 @@ def rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def finetune_a(data: Path, out: Path, seed: int) -> dict:
+def finetune_a(data: Path, out: Path, seed: int, *extra: str) -> dict:
     """conftest.p1_classifier → test_p1_finetune.test_setting_a_learns_well_above_chance."""
     import p1_finetune
     from conftest import P1_LEARN_EPOCHS, P1_SMALL
 
     p1_finetune.main(["--setting", "A", "--data-root", str(data), "--out", str(out), *P1_SMALL, "--device", "cpu",
                       "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3", "--seed", str(seed),
-                      "--results", str(out / "results.csv")])
+                      "--results", str(out / "results.csv"), *extra])
     log = rows(out)
-    return {"val_acc": float(log[-1]["val_acc"]), "loss_ratio": float(log[-1]["train_loss"]) / float(log[0]["train_loss"])}
+    return {"val_acc": float(log[-1]["val_acc"]),
+            "loss_ratio": float(log[-1]["train_loss"]) / float(log[0]["train_loss"])}
 
 
 def byol(data: Path, out: Path, seed: int) -> dict:
@@ -98,12 +99,20 @@ def deeplab(data: Path, out: Path, seed: int) -> dict:
     untrained = build_seg_model(ARCH, "none")
     recalibrate_batchnorm(untrained, loader("train"), torch.device("cpu"), RECALIBRATE, world_size=1)
     with torch.no_grad():
-        before = evaluate_miou(untrained, loader("validation", full_res_masks=True), torch.device("cpu"), show=False)["miou"]
+        before = evaluate_miou(untrained, loader("validation", full_res_masks=True), torch.device("cpu"),
+                               show=False)["miou"]
     after = float(rows(out)[-1]["miou"])
     return {"before": before, "after": after, "ratio": after / before, "gain": after - before}
 
 
-OUTCOMES: dict[str, Callable[[Path, Path, int], dict]] = {"finetune_a": finetune_a, "byol": byol, "deeplab": deeplab}
+def finetune_a_gpu_aug(data: Path, out: Path, seed: int) -> dict:
+    """The same run with fine-tuning's batched device augmentation (--gpu-aug, the default on CUDA)."""
+    return finetune_a(data, out, seed, "--gpu-aug")
+
+
+OUTCOMES: dict[str, Callable[[Path, Path, int], dict]] = {"finetune_a": finetune_a,
+                                                          "finetune_a_gpu_aug": finetune_a_gpu_aug,
+                                                          "byol": byol, "deeplab": deeplab}
 
 
 def main() -> None:
@@ -111,7 +120,8 @@ def main() -> None:
     parser.add_argument("--outcomes", nargs="+", choices=list(OUTCOMES), default=list(OUTCOMES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", default="spread.json", help="results, rewritten after every run (default: %(default)s)")
+    parser.add_argument("--out", default="spread.json",
+                        help="results, rewritten after every run (default: %(default)s)")
     args = parser.parse_args()
     from hw1.sample_data import write_sample_data
 

@@ -47,7 +47,8 @@ def small_p2_root(tiny_data: Path, dest: Path, *, train: int = 4, val: int = 2) 
         sats = sorted(src.glob("*_sat.jpg"))
         for sat in sats[:n] if split == "train" else sats[-n:]:  # not the snapshot stems: no figures to draw
             shutil.copy(sat, folder / sat.name)
-            shutil.copy(src / sat.name.replace("_sat.jpg", "_mask.png"), folder / sat.name.replace("_sat.jpg", "_mask.png"))
+            shutil.copy(src / sat.name.replace("_sat.jpg", "_mask.png"),
+                        folder / sat.name.replace("_sat.jpg", "_mask.png"))
     return dest
 
 

@@ -48,7 +48,8 @@ def test_p1_tsne_script_on_two_checkpoints(tiny_data, tmp_path, capsys):
         torch.manual_seed(seed)
         model = Classifier("resnet18", NUM_OFFICE_CLASSES)
         path = tmp_path / "finetune_C" / f"{name}.pt"
-        meta = {"task": "classify", "arch": "resnet18", "num_classes": NUM_OFFICE_CLASSES, "image_size": 32, "setting": "C"}
+        meta = {"task": "classify", "arch": "resnet18", "num_classes": NUM_OFFICE_CLASSES, "image_size": 32,
+                "setting": "C"}
         checkpoint.save_checkpoint(path, {"model": model.state_dict(), "meta": meta, "epoch": 1 + seed})
         paths.append(str(path))
     out = tmp_path / "tsne"
@@ -158,7 +159,8 @@ def test_sam_without_the_package_is_one_line(tiny_data, tmp_path, capsys, monkey
         run_main(p2_sam.main)(["--data-root", str(tiny_data), "--random-tiny", "--out", str(tmp_path)])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_.value.code == 2 and err == ["error: segment-anything: the package is not installed — pip install "
-                                             "segment-anything==1.0 (in requirements.txt, not in the course's environment)"]
+                                             "segment-anything==1.0 (in requirements.txt, "
+                                             "not in the course's environment)"]
 
 
 def test_print_model_writes_tree_and_counts_and_does_not_train(tiny_data, tmp_path, capsys):

@@ -143,17 +143,20 @@ def test_bad_input_empty_image_folder(p1, seg_checkpoint, tmp_path, capsys):
     mini = p1 / "p1_data" / "mini" / "train"
     for path in mini.iterdir():
         path.unlink()
-    fails(capsys, p1_pretrain.main, ["--data-root", p1, "--out", tmp_path / "out", *TRAIN], mini, "no images in this folder")
+    fails(capsys, p1_pretrain.main, ["--data-root", p1, "--out", tmp_path / "out", *TRAIN], mini,
+          "no images in this folder")
     empty = tmp_path / "sat"
     empty.mkdir()
-    fails(capsys, p2_inference.main, p2_infer(empty, tmp_path / "masks", seg_checkpoint), empty, "no xxxx_sat.jpg images")
+    fails(capsys, p2_inference.main, p2_infer(empty, tmp_path / "masks", seg_checkpoint), empty,
+          "no xxxx_sat.jpg images")
 
 
 def test_bad_input_csv_missing_a_column(p1, tmp_path, capsys):
     val = p1 / "p1_data" / "office" / "val.csv"
     _, rows = read_csv(val)
     write_csv(val, ["id", "file", "label"], rows)
-    fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out"), val, "missing column(s) filename", "id,filename,label")
+    fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out"), val, "missing column(s) filename",
+          "id,filename,label")
 
 
 def test_bad_input_csv_row_naming_a_missing_file(p1, tmp_path, capsys):
@@ -172,7 +175,8 @@ def test_bad_input_duplicate_ids(p1, tmp_path, capsys):
           "line 3: duplicate id '7'")  # the CSV is checked before the checkpoint is read
 
 
-@pytest.mark.parametrize("label, problem", [("cat", "label 'cat' is not an integer"), ("", "label '' is not an integer"),
+@pytest.mark.parametrize("label, problem", [("cat", "label 'cat' is not an integer"),
+                                            ("", "label '' is not an integer"),
                                             ("65", "label 65 is outside 0..64"), ("-1", "label -1 is outside 0..64")])
 def test_bad_input_training_label_not_an_integer_or_out_of_range(label, problem, p1, tmp_path, capsys):
     train = p1 / "p1_data" / "office" / "train.csv"
@@ -206,7 +210,8 @@ def test_bad_input_gray_rgba_palette_16bit_and_odd_sized_images_work_for_trainin
     train = p1 / "p1_data" / "office" / "train"
     header, rows = read_csv(train.parent / "train.csv")
     src = Image.open(train / rows[0][1]).convert("RGB")
-    for row, (mode, img) in zip(rows, list(mode_variants(src).items())[1:] + [("gray", src.convert("L").resize((70, 41)))]):
+    for row, (mode, img) in zip(rows, list(mode_variants(src).items())[1:]
+                                + [("gray", src.convert("L").resize((70, 41)))]):
         row[1] = f"{mode}_{row[0]}.png"
         img.save(train / row[1])
     write_csv(train.parent / "train.csv", header, rows)
@@ -214,7 +219,8 @@ def test_bad_input_gray_rgba_palette_16bit_and_odd_sized_images_work_for_trainin
     assert warnings == [] and (tmp_path / "out" / "last.pt").is_file()
 
 
-def test_bad_input_gray_rgba_palette_16bit_and_odd_sized_images_work_for_segmentation(tiny_data, seg_checkpoint, tmp_path, capsys):
+def test_bad_input_gray_rgba_palette_16bit_and_odd_sized_images_work_for_segmentation(tiny_data, seg_checkpoint,
+                                                                                      tmp_path, capsys):
     """hw1_2.sh's script: each mask has its input's own size and only map colours."""
     src = Image.open(sorted((tiny_data / "p2_data" / "validation").glob("*_sat.jpg"))[0]).convert("RGB")
     folder = tmp_path / "sat"
@@ -270,7 +276,8 @@ def test_bad_input_output_folder_not_writable(p1, tmp_path, capsys):
     blocker.write_text("a file, not a folder")
     fails(capsys, p1_finetune.main, finetune(p1, blocker / "run"), blocker / "run", "cannot write here")
     val = p1 / "p1_data" / "office" / "val"
-    fails(capsys, p1_inference.main, p1_infer(val.parent / "val.csv", val, blocker / "sub" / "pred.csv", p1 / "backbone.pt"),
+    fails(capsys, p1_inference.main,
+          p1_infer(val.parent / "val.csv", val, blocker / "sub" / "pred.csv", p1 / "backbone.pt"),
           blocker / "sub", "cannot write here")  # before the checkpoint is even read
 
 
@@ -290,23 +297,28 @@ def test_bad_input_checkpoint_file_missing(p1, tmp_path, capsys):
     val = p1 / "p1_data" / "office" / "val"
     fails(capsys, p1_inference.main, p1_infer(val.parent / "val.csv", val, tmp_path / "pred.csv", missing), missing,
           "classifier checkpoint not found")
-    fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out", "--resume", missing), missing, "checkpoint file not found")
+    fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out", "--resume", missing), missing,
+          "checkpoint file not found")
 
 
 @pytest.mark.parametrize("meta, problem", [
-    ({"task": "classify", "arch": "resnet50", "num_classes": 65}, "holds arch='resnet50' but this run needs arch='resnet18'"),
-    ({"task": "classify", "arch": "resnet18", "num_classes": 10}, "holds num_classes=10 but this run needs num_classes=65"),
+    ({"task": "classify", "arch": "resnet50", "num_classes": 65},
+     "holds arch='resnet50' but this run needs arch='resnet18'"),
+    ({"task": "classify", "arch": "resnet18", "num_classes": 10},
+     "holds num_classes=10 but this run needs num_classes=65"),
     ({"task": "pretrain-byol", "arch": "resnet18"}, "holds task='pretrain-byol' but this run needs task='classify'"),
 ], ids=["architecture", "class-count", "task"])
 def test_bad_input_resume_from_a_checkpoint_of_another_model(meta, problem, p1, tmp_path, capsys):
     other = tmp_path / "other.pt"
-    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "epoch": 1, "step": 1, "rng": {}, "meta": meta}, other)
+    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "epoch": 1, "step": 1, "rng": {}, "meta": meta},
+               other)
     fails(capsys, p1_finetune.main, finetune(p1, tmp_path / "out", "--resume", other), other, problem)
 
 
 def test_bad_input_segmentation_checkpoint_of_another_model(p2, tmp_path, capsys):
     classifier = tmp_path / "best.pt"
-    torch.save({"model": {}, "meta": {"task": "classify", "arch": "resnet18", "num_classes": 65, "image_size": 32}}, classifier)
+    torch.save({"model": {}, "meta": {"task": "classify", "arch": "resnet18", "num_classes": 65, "image_size": 32}},
+               classifier)
     fails(capsys, p2_inference.main, p2_infer(p2 / "p2_data" / "validation", tmp_path / "masks", classifier),
           classifier, "holds a classify model (resnet18), not a Problem 2 segmentation model")
 
@@ -364,7 +376,8 @@ def test_bad_input_debug_flag_shows_the_traceback(tmp_path, capsys):
     assert err.rstrip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'}: data root not found")
 
 
-@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0 JFIF" + bytes(range(256)), b"id,filename\n" + bytes(range(128))],
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0 JFIF" + bytes(range(256)),
+                                     b"id,filename\n" + bytes(range(128))],
                          ids=["jpeg-bytes", "nul-bytes"])
 def test_bad_input_binary_file_given_as_the_csv(content, p1, tmp_path, capsys):
     """An image or other binary file where hw1_1.sh wants the CSV: one line, not a UnicodeDecodeError."""
@@ -377,11 +390,13 @@ def test_bad_input_binary_file_given_as_the_csv(content, p1, tmp_path, capsys):
                env_extra={"P1_CHECKPOINT": str(p1 / "backbone.pt")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [line for line in visible_lines(proc.stderr) if not line.startswith("note:")] == [
-        f"error: {binary}: not a text CSV " + ("(byte 0 is not UTF-8)" if content[0] == 0xFF else "(it holds NUL bytes)")
+        f"error: {binary}: not a text CSV "
+        + ("(byte 0 is not UTF-8)" if content[0] == 0xFF else "(it holds NUL bytes)")
         + " — pass the id,filename,label CSV file"]
 
 
-@pytest.mark.parametrize("script, argv", [("hw1_1.sh", ["a.csv", "images", "out.csv"]), ("hw1_2.sh", ["images", "masks"])])
+@pytest.mark.parametrize("script, argv", [("hw1_1.sh", ["a.csv", "images", "out.csv"]),
+                                          ("hw1_2.sh", ["images", "masks"])])
 def test_bad_input_grading_script_without_a_python_that_has_torch(script, argv, tmp_path):
     """A fresh clone without .venv, where `python3` lacks torch: the set-up command, not a ModuleNotFoundError."""
     repo, bin_dir = tmp_path / "clone", tmp_path / "bin"

@@ -19,7 +19,8 @@ from hw1.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the course's environment lacks (SPEC §9) or grading must never need.
-NOT_FOR_GRADING = ("byol_pytorch", "kornia", "segment_anything", "sklearn", "matplotlib", "scipy", "einops", "accelerate")
+NOT_FOR_GRADING = ("byol_pytorch", "kornia", "segment_anything", "sklearn", "matplotlib", "scipy", "einops",
+                   "accelerate")
 
 
 def test_files_of_a_training_run_load_with_weights_only(p1_backbone: Path, p1_classifier: Path) -> None:
@@ -63,7 +64,8 @@ def test_a_file_holding_objects_is_refused_with_the_true_cause(tmp_path: Path, m
     assert "export_checkpoint.py --trust" in line
     if int(np.__version__.split(".")[0]) >= 2:  # the grader's case: a numpy 2 file read by numpy 1.24
         monkeypatch.setattr(checkpoint.np, "__version__", "1.24.4")
-        assert "written with numpy 2 (it holds numpy._core" in refusal(path) and "read here with numpy 1.24.4" in refusal(path)
+        assert ("written with numpy 2 (it holds numpy._core" in refusal(path)
+                and "read here with numpy 1.24.4" in refusal(path))
 
 
 def test_a_truncated_file_is_called_corrupted(tmp_path: Path, p1_classifier: Path) -> None:
@@ -136,8 +138,10 @@ def test_grading_imports_only_what_the_course_installs(script: str, p1_classifie
                                                         tiny_data: Path, tmp_path: Path) -> None:
     office, val = tiny_data / "p1_data" / "office", tiny_data / "p2_data" / "validation"
     argv = {"p1_inference.py": ["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"),
-                                "--out", str(tmp_path / "p.csv"), "--checkpoint", str(p1_classifier), "--device", "cpu"],
-            "p2_inference.py": [str(val), str(tmp_path / "masks"), "--checkpoint", str(seg_checkpoint), "--device", "cpu"],
+                                "--out", str(tmp_path / "p.csv"), "--checkpoint", str(p1_classifier),
+                                "--device", "cpu"],
+            "p2_inference.py": [str(val), str(tmp_path / "masks"), "--checkpoint", str(seg_checkpoint),
+                                "--device", "cpu"],
             "mean_iou.py": ["-p", str(val), "-g", str(val)]}[script]
     proc = subprocess.run([sys.executable, "-c", IMPORTED, str(ROOT / script), *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

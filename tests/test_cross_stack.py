@@ -46,14 +46,16 @@ def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def labels(python: str, ckpt: Path, tiny_data: Path, out: Path) -> list[list[str]]:
     office = tiny_data / "p1_data" / "office"
     subprocess.run(["bash", str(ROOT / "hw1_1.sh"), str(office / "val.csv"), str(office / "val"), str(out)], check=True,
-                   env={**os.environ, "HW1_PYTHON": python, "P1_CHECKPOINT": str(ckpt)}, capture_output=True, timeout=600)
+                   env={**os.environ, "HW1_PYTHON": python, "P1_CHECKPOINT": str(ckpt)},
+                   capture_output=True, timeout=600)
     with open(out, newline="") as f:
         return list(csv.reader(f))
 
 
 def masks(python: str, ckpt: Path, tiny_data: Path, out: Path) -> dict[str, np.ndarray]:
     subprocess.run(["bash", str(ROOT / "hw1_2.sh"), str(tiny_data / "p2_data" / "validation"), str(out)], check=True,
-                   env={**os.environ, "HW1_PYTHON": python, "P2_CHECKPOINT": str(ckpt)}, capture_output=True, timeout=600)
+                   env={**os.environ, "HW1_PYTHON": python, "P2_CHECKPOINT": str(ckpt)},
+                   capture_output=True, timeout=600)
     return {p.name: np.asarray(Image.open(p)) for p in sorted(out.iterdir())}
 
 

@@ -27,7 +27,8 @@ def test_optimizer_state_restored_into_channels_last_parameters_takes_their_layo
     saved_opt = optim.build_optimizer(list(saved_model.parameters()), **recipe)
     saved_model(torch.randn(2, 3, 8, 8)).sum().backward()
     saved_opt.step()
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)).to(memory_format=torch.channels_last)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8),
+                          nn.Conv2d(8, 4, 1)).to(memory_format=torch.channels_last)
     model.load_state_dict(saved_model.state_dict())
     opt = optim.build_optimizer(list(model.parameters()), **recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, optim.warmup_cosine_lambda(1, 10))
@@ -68,7 +69,8 @@ FIX = "use the course stack (requirements-course.txt: torch 2.4.0, CUDA 12.1, dr
 def test_gpu_with_a_driver_too_old_is_named_under_auto(gpu_but_old_driver: None, capsys: pytest.CaptureFixture) -> None:
     assert distributed.setup_device("auto") == torch.device("cpu")
     out, err = capsys.readouterr()
-    assert err.splitlines() == [f"warning: --device auto: {LINE}; running on the CPU — {FIX}"] and "no CUDA GPU" not in out
+    assert (err.splitlines() == [f"warning: --device auto: {LINE}; running on the CPU — {FIX}"]
+            and "no CUDA GPU" not in out)
 
 
 def test_gpu_with_a_driver_too_old_is_one_error_under_cuda(gpu_but_old_driver: None) -> None:
@@ -90,8 +92,8 @@ def test_knn_monitor_runs_the_backbone_in_fp32_under_training_autocast(tiny_data
     """The engine evaluates under the run's autocast (bf16 here, as on a GPU); the monitor's backbone must not."""
     args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), "--arch",
                                                      "resnet18", "--image-size", "32", "--no-cache", "--device", "cpu"])
-    evaluate = KnnMonitor.build(PretrainConfig.from_args(args), CacheConfig.from_args(args), World(), torch.device("cpu"),
-                                torch.channels_last)
+    evaluate = KnnMonitor.build(PretrainConfig.from_args(args), CacheConfig.from_args(args), World(),
+                                torch.device("cpu"), torch.channels_last)
     backbone = torchvision.models.resnet18(num_classes=8).to(memory_format=torch.channels_last).eval()
     seen: list[torch.dtype] = []
     for conv in (backbone.conv1, backbone.layer4[-1].conv2):
@@ -118,16 +120,19 @@ def test_every_rank_with_a_share_trains() -> None:
         EpochSampler(6, 8, shuffle=True, seed=0, world=World(0, 4, 0), drop_last=True)
     sampler = EpochSampler(8, 8, shuffle=True, seed=0, world=World(3, 4, 3), drop_last=True)
     assert len(list(sampler)) == 2
-    assert len(list(EpochSampler(5, 8, shuffle=False, seed=0, world=World(3, 4, 3), drop_last=False))) == 0  # evaluation
+    # evaluation
+    assert len(list(EpochSampler(5, 8, shuffle=False, seed=0, world=World(3, 4, 3), drop_last=False))) == 0
 
 
-def test_waiting_ranks_wait_for_the_cache_as_long_as_it_takes_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_waiting_ranks_wait_for_the_cache_as_long_as_it_takes_and_say_so(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture) -> None:
     """Not at NCCL's barrier (10 minutes, then a crash): for the file rank 0 renames into place, with a note."""
     target = tmp_path / "office_train-128px-key.npy"
     threading.Timer(0.4, target.write_bytes, args=(b"done",)).start()
     cache.wait_for_build(target, "office_train", 3951, poll_s=0.02, say_every_s=0.1)
-    assert "note: waiting for rank 0 to build the decoded-image cache of office_train (3951 images)" in capsys.readouterr().out
+    assert ("note: waiting for rank 0 to build the decoded-image cache of office_train (3951 images)"
+            in capsys.readouterr().out)
     monkeypatch.setattr(cache, "WAIT_S", 0.1)
     with pytest.raises(UserError, match="rank 0 did not finish the decoded-image cache of mini_train"):
         cache.wait_for_build(tmp_path / "never.npy", "mini_train", 0, poll_s=0.02)

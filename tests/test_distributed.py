@@ -32,7 +32,8 @@ TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_
 SMALL = ["--image-size", "32", "--workers", "0", "--device", "cpu", "--seed", "1"]
 
 
-def torchrun(script: str, args: list[str], tmp: Path, checks: bool = False) -> tuple[list[dict], dict[int, list[str]], str]:
+def torchrun(script: str, args: list[str], tmp: Path,
+             checks: bool = False) -> tuple[list[dict], dict[int, list[str]], str]:
     """Run `script` on 2 gloo ranks under the write spy (after tests/ddp_checks.py when `checks`);
     returns OUT/log.csv rows, each rank's written paths and stdout."""
     spy = tmp / "spy"
@@ -78,7 +79,8 @@ def p1_root(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def byol_launch(p1_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, list[dict], dict, str]]:
+def byol_launch(p1_root: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, list[dict], dict, str]]:
     """One torchrun launch: the gloo checks of tests/ddp_checks.py, then BYOL pre-training in the same ranks."""
     with fixture_dir(tmp_path_factory, "ddp_byol") as tmp:
         out = tmp / "out"
@@ -100,8 +102,9 @@ def test_torchrun_finetune_frozen_backbone_matches_single_process(p1_root, tmp_p
     torch.save(backbone_state(build_resnet("resnet18")), backbone)
 
     def args(out: Path) -> list[str]:
-        return ["--setting", "E", "--backbone", str(backbone), "--arch", "resnet18", "--batch-size", "4", "--epochs", "1",
-                "--data-root", str(p1_root), "--out", str(out), "--results", str(out / "results.csv"), *SMALL]
+        return ["--setting", "E", "--backbone", str(backbone), "--arch", "resnet18", "--batch-size", "4",
+                "--epochs", "1", "--data-root", str(p1_root), "--out", str(out),
+                "--results", str(out / "results.csv"), *SMALL]
 
     log, writes, _ = torchrun("p1_finetune.py", args(tmp_path / "ddp"), tmp_path)
     with one_thread():

@@ -1,4 +1,5 @@
-"""hw1_download_ckpt.sh (and its 2021-22 name hw1_download.sh): fetch, verify, skip, resume, refuse; one-line errors; --write-manifest.
+"""hw1_download_ckpt.sh (and its 2021-22 name hw1_download.sh): fetch, verify, skip, resume, refuse; one-line errors;
+--write-manifest.
 
 Downloads come from file:// URLs or a python http.server on 127.0.0.1 (which ignores byte ranges,
 so curl cannot resume from it and must start again); no test needs the internet.
@@ -121,7 +122,8 @@ def test_manifest_is_committed_not_ignored() -> None:
 
 def test_help(repo: Path) -> None:
     proc = download(repo, "--help")
-    assert proc.returncode == 0 and proc.stdout.startswith("Fetch the trained checkpoints") and "--write-manifest" in proc.stdout
+    assert (proc.returncode == 0 and proc.stdout.startswith("Fetch the trained checkpoints")
+            and "--write-manifest" in proc.stdout)
 
 
 def test_old_name_and_wget_first(tmp_path: Path, repo: Path) -> None:
@@ -152,7 +154,8 @@ def test_downloads_and_verifies(client: str, repo: Path, server: Server) -> None
 
 @needs_curl
 def test_file_url_and_a_table_with_crlf_and_upper_case_hex(repo: Path, server: Server) -> None:
-    (repo / "checkpoints" / "MANIFEST").write_bytes(f"{NAME} {sha(PAYLOAD).upper()} {(server.root / NAME).as_uri()}\r\n".encode())
+    (repo / "checkpoints" / "MANIFEST").write_bytes(
+        f"{NAME} {sha(PAYLOAD).upper()} {(server.root / NAME).as_uri()}\r\n".encode())
     assert download(repo).returncode == 0 and (repo / "checkpoints" / NAME).read_bytes() == PAYLOAD
 
 
@@ -190,7 +193,8 @@ def test_checksum_mismatch_is_refused_and_not_kept(client: str, repo: Path, serv
     ("wget", "http", PAYLOAD[:50_000]),           # wget restarts by itself when the server ignores Range
 ], ids=["curl-file-resume", "curl-http-afresh", "curl-file-bad-bytes", "wget-http"])  # pytest 8 would put the bytes
 # into the test id and PYTEST_CURRENT_TEST, past the kernel's limit for one environment variable
-def test_partial_download_is_resumed_or_restarted(client: str, scheme: str, part: bytes, repo: Path, server: Server) -> None:
+def test_partial_download_is_resumed_or_restarted(client: str, scheme: str, part: bytes, repo: Path,
+                                                  server: Server) -> None:
     if client not in CLIENTS:
         pytest.skip(f"{client} not installed")
     list_file(repo, (server.root / NAME).as_uri() if scheme == "file" else f"{server.url}/{NAME}")
@@ -246,7 +250,8 @@ def test_write_manifest_lists_uploaded_files(repo: Path, server: Server) -> None
     ckpt, offline = repo / "checkpoints", f"http://127.0.0.1:{closed_port()}/hw1"
     (ckpt / NAME).write_bytes(b"old")
     (ckpt / "p2_deeplab.pt").write_bytes(b"seg")
-    assert download(repo, "--write-manifest", f"{offline}/", str(ckpt / NAME), str(ckpt / "p2_deeplab.pt")).returncode == 0
+    assert download(repo, "--write-manifest", f"{offline}/", str(ckpt / NAME),
+                    str(ckpt / "p2_deeplab.pt")).returncode == 0
     (ckpt / NAME).write_bytes(PAYLOAD)  # retrained and uploaded again: its line is replaced, the other kept
     proc = download(repo, "--write-manifest", server.url, str(ckpt / NAME))
     assert proc.returncode == 0, proc
@@ -260,5 +265,6 @@ def test_write_manifest_lists_uploaded_files(repo: Path, server: Server) -> None
     one_error_line(download(repo), 1, f"{offline}/p2_deeplab.pt: download of p2_deeplab.pt failed")
     assert files(repo) == []  # the first entry fails, offline: nothing else fetched, nothing partial left
     before = table
-    one_error_line(download(repo, "--write-manifest", server.url, str(ckpt / "gone.pt")), 2, f"{ckpt / 'gone.pt'}: file not found")
+    one_error_line(download(repo, "--write-manifest", server.url, str(ckpt / "gone.pt")), 2,
+                   f"{ckpt / 'gone.pt'}: file not found")
     assert (ckpt / "MANIFEST").read_text() == before and not list(ckpt.glob(".MANIFEST*"))

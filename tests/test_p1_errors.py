@@ -99,7 +99,8 @@ def test_backbone_of_another_architecture(tiny_data: Path, p1_backbone: Path, tm
                                           capsys: pytest.CaptureFixture) -> None:
     argv = ["--setting", "C", "--backbone", str(p1_backbone), "--arch", "resnet50", "--data-root", str(tiny_data),
             "--out", str(tmp_path), "--workers", "0", "--device", "cpu"]
-    assert_one_error_line(p1_finetune.main, argv, capsys, str(p1_backbone), "backbone is resnet18 but --arch is resnet50")
+    assert_one_error_line(p1_finetune.main, argv, capsys, str(p1_backbone),
+                          "backbone is resnet18 but --arch is resnet50")
 
 
 def test_inference_refuses_checkpoints_that_are_not_classifiers(images: Path, p1_backbone: Path,

@@ -24,7 +24,8 @@ LEARNED = 0.05
 
 def run_finetune(root: Path, out: Path, setting: str, backbone: Path | None, *extra: str) -> None:
     p1_finetune.main(["--setting", setting, "--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu",
-                      "--results", str(out / "results.csv"), *(["--backbone", str(backbone)] if backbone else []), *extra])
+                      "--results", str(out / "results.csv"), *(["--backbone", str(backbone)] if backbone else []),
+                      *extra])
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -127,7 +128,8 @@ def test_default_supervised_backbone_comes_from_the_data_root(tiny_data: Path, p
     with open(out / "results.csv", newline="") as f:
         (result,) = list(csv.DictReader(f))
     assert result["backbone"] == str(given)
-    assert "default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt" in " ".join(p1_finetune.get_args_parser().format_help().split())
+    assert ("default: B/D DATA_ROOT/p1_data/pretrain_model_SL.pt"
+            in " ".join(p1_finetune.get_args_parser().format_help().split()))
 
 
 def test_backbone_may_be_the_pretraining_checkpoint_itself(p1_backbone: Path, p1_supervised_backbone: Path,

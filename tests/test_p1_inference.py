@@ -58,13 +58,15 @@ def test_hw1_1_sh_predicts_every_row_in_input_order(tiny_data: Path, p1_classifi
 
 
 def test_hw1_1_sh_usage_on_wrong_argument_count(tmp_path: Path) -> None:
-    proc = subprocess.run(["bash", str(ROOT / "hw1_1.sh"), "only.csv", "two"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(ROOT / "hw1_1.sh"), "only.csv", "two"], cwd=tmp_path, capture_output=True,
+                          text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("usage: bash hw1_1.sh IMAGES_CSV IMAGE_DIR OUTPUT_CSV")
 
 
 def test_checkpoint_choice_flag_then_env_then_default(tiny_data: Path, p1_classifier: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
     office = tiny_data / "p1_data" / "office"
     args = ["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"), "--out", str(tmp_path / "p.csv"),
             "--workers", "0", "--device", "cpu"]
@@ -90,8 +92,9 @@ def test_predictions_reproduce_the_recorded_validation_accuracy(tiny_data: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     """Inference builds the checkpoint's own model and transform: its val accuracy is the one fine-tuning logged."""
     office = tiny_data / "p1_data" / "office"
-    code, _, err = run(["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"), "--out", str(tmp_path / "p.csv"),
-                        "--checkpoint", str(p1_classifier), "--batch-size", "7", "--workers", "0", "--device", "cpu"], capsys)
+    code, _, err = run(["--csv", str(office / "val.csv"), "--image-dir", str(office / "val"),
+                        "--out", str(tmp_path / "p.csv"), "--checkpoint", str(p1_classifier), "--batch-size", "7",
+                        "--workers", "0", "--device", "cpu"], capsys)
     assert code == 0, err
     _, truth = read_rows(office / "val.csv")
     _, pred = read_rows(tmp_path / "p.csv")
@@ -99,7 +102,8 @@ def test_predictions_reproduce_the_recorded_validation_accuracy(tiny_data: Path,
     assert acc == torch.load(p1_classifier, weights_only=True)["best"]
 
 
-def test_any_image_mode_and_size(tiny_data: Path, p1_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_any_image_mode_and_size(tiny_data: Path, p1_classifier: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture) -> None:
     """SPEC §1: grayscale, RGBA, palette and 16-bit images of any size are predicted like RGB ones."""
     src = Image.open(next((tiny_data / "p1_data" / "office" / "val").iterdir())).convert("RGB")
     images = {"gray.png": src.convert("L").resize((50, 70)), "rgba.png": src.convert("RGBA").resize((90, 40)),
@@ -108,8 +112,9 @@ def test_any_image_mode_and_size(tiny_data: Path, p1_classifier: Path, tmp_path:
         img.save(tmp_path / name)
     with open(tmp_path / "t.csv", "w", newline="") as f:
         csv.writer(f).writerows([["id", "filename", "label"], *[[i, n, "?"] for i, n in enumerate(images)]])
-    code, _, err = run(["--csv", str(tmp_path / "t.csv"), "--image-dir", str(tmp_path), "--out", str(tmp_path / "p.csv"),
-                        "--checkpoint", str(p1_classifier), "--workers", "0", "--device", "cpu"], capsys)
+    code, _, err = run(["--csv", str(tmp_path / "t.csv"), "--image-dir", str(tmp_path),
+                        "--out", str(tmp_path / "p.csv"), "--checkpoint", str(p1_classifier), "--workers", "0",
+                        "--device", "cpu"], capsys)
     assert code == 0, err
     _, rows = read_rows(tmp_path / "p.csv")
     assert [r[1] for r in rows] == list(images) and all(0 <= int(r[2]) <= 64 for r in rows)

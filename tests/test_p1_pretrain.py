@@ -52,7 +52,8 @@ def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(T.RandomResizedCrop, V2_PARAMS_METHOD, record)
     gradient_image().save(tmp_path / "g.png")
     dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
-    loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, world=distributed.World(), device=torch.device("cpu"))
+    loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, world=distributed.World(),
+                                 device=torch.device("cpu"))
     views, _ = next(iter(loader))
     assert views.shape == (BATCH, 2, 3, 32, 32)
     assert len(crops) == 2 * BATCH
@@ -76,7 +77,8 @@ def test_batched_views_give_each_image_its_own_crop() -> None:
 def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> None:
     """byol-pytorch's own augmentation (one crop for the whole batch) is replaced on both paths."""
     args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
-                                                     "--batch-size", "8", "--projection-hidden-size", "64", "--no-cache"])
+                                                     "--batch-size", "8", "--projection-hidden-size", "64",
+                                                     "--no-cache"])
     for gpu_aug, kind in ((False, SelectView), (True, type(batch_views(32)[0]))):
         args.gpu_aug = gpu_aug
         task, _ = p1_pretrain.setup(args, distributed.World(), torch.device("cpu"))
@@ -122,7 +124,8 @@ def _resnet18(state: dict[str, torch.Tensor]) -> torchvision.models.ResNet:
     return net.eval()
 
 
-def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(byol_run: tuple[Path, Path, dict]) -> None:
+def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
+        byol_run: tuple[Path, Path, dict]) -> None:
     """What BYOL trains for, measured on the backbone's pooled features of BYOL's own views of unseen images.
 
     The gap = mean cosine of two views of the same image minus that of views of different images. A broken
@@ -175,7 +178,8 @@ def test_byol_backbone_files_load_into_torchvision(byol_run: tuple[Path, Path, d
 
 def assert_plain_torchvision_backbone(path: Path) -> None:
     """Loads into torchvision's resnet18 with only `fc` missing."""
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(torch.load(path, weights_only=True), strict=False)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(torch.load(path, weights_only=True),
+                                                                        strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
 
 
@@ -206,8 +210,9 @@ def test_default_cadences_a_short_run_evaluates_once_and_saves_at_the_end(tiny_d
     root, out = small_p1_root(tiny_data, tmp_path / "data"), tmp_path / "run"
     p1_pretrain.main(["--data-root", str(root), "--out", str(out), *P1_SMALL, "--device", "cpu", "--batch-size", "4",
                       "--epochs", "3", "--projection-size", "32", "--projection-hidden-size", "64"])
+    # (file, rows logged before it was written; row 1: the init)
     assert writes == [("last.pt", 1), ("first.pt", 1), ("backbone_first.pt", 1), ("backbone_last.pt", 1),
-                      ("last.pt", 3), ("backbone_last.pt", 3)]  # (file, rows logged before it was written; row 1: the init)
+                      ("last.pt", 3), ("backbone_last.pt", 3)]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3 and not (out / "best.pt").exists()
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -54,7 +54,8 @@ def _class_coloured_pair(folder, ids):
 
 def _decode(image: torch.Tensor) -> np.ndarray:
     """Undo the ImageNet normalisation and read the colours back as classes."""
-    image = image * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    image = (image * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+             + torch.tensor([0.485, 0.456, 0.406])[:, None, None])
     return rgb_to_classes((image.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8))
 
 
@@ -67,7 +68,8 @@ def test_augmentation_and_resizing_move_image_and_mask_together(tmp_path, augmen
         torch.manual_seed(seed)
         item = SatMaskDataset([pair], size, augment=augment)[0]
         mask = item["mask"].numpy()
-        assert item["image"].shape == (3, size, size) and mask.shape == (size, size) and set(np.unique(mask)) <= set(range(7))
+        assert (item["image"].shape == (3, size, size) and mask.shape == (size, size)
+                and set(np.unique(mask)) <= set(range(7)))
         decoded = _decode(item["image"])
         agree = (decoded == mask).mean()
         if augment == "flip":  # no resampling: exact

@@ -58,7 +58,8 @@ def test_pretrained_deeplab_gets_fresh_7_class_heads(tmp_path, monkeypatch):
     """`--weights default` path, with torchvision's download replaced by a 21-class state of the same model."""
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-    coco_like = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict()
+    coco_like = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
+                                             aux_loss=True).state_dict()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda url, *a, **k: coco_like)
     for aux in (True, False):

@@ -73,7 +73,8 @@ def test_short_training_raises_validation_miou_well_above_untrained(run_dir, tin
     assert after >= 1.5 * before and after >= before + 0.03, (before, after)
     assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
     meta = checkpoint.load_checkpoint(run_dir / "best.pt")["meta"]
-    assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none", "aux": False}
+    assert meta == {"task": "segment", "arch": ARCH, "num_classes": 7, "image_size": SIZE, "weights": "none",
+                    "aux": False}
 
 
 def test_snapshots_at_early_middle_final_epochs(run_dir):
@@ -84,7 +85,8 @@ def test_snapshots_at_early_middle_final_epochs(run_dir):
     assert names == expected
     for name in names:
         if name.endswith("_mask.png"):
-            assert only_map_colours(run_dir / "snapshots" / name) and Image.open(run_dir / "snapshots" / name).size == (64, 64)
+            assert (only_map_colours(run_dir / "snapshots" / name)
+                    and Image.open(run_dir / "snapshots" / name).size == (64, 64))
         else:
             assert Image.open(run_dir / "snapshots" / name).width > 3 * 64  # image | ground truth | prediction
 
@@ -148,8 +150,10 @@ def test_bad_input_is_one_error_line(case, tiny_data, tmp_path, capsys):
         expected = "error: --batch-size: fcn32s's batch norm needs at least 2 training images per process and step"
     else:  # a Problem 1 classifier checkpoint handed to Problem 2 inference
         classifier = tmp_path / "p1.pt"
-        checkpoint.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50", "num_classes": 65}})
-        main, argv = p2_inference.main, [str(train), str(tmp_path / "masks"), "--checkpoint", str(classifier), "--device", "cpu"]
+        checkpoint.save_checkpoint(classifier, {"model": {}, "meta": {"task": "classify", "arch": "resnet50",
+                                                                      "num_classes": 65}})
+        main, argv = p2_inference.main, [str(train), str(tmp_path / "masks"), "--checkpoint", str(classifier),
+                                         "--device", "cpu"]
         expected = f"error: {classifier}: holds a classify model (resnet50), not a Problem 2 segmentation model"
     with pytest.raises(SystemExit) as exit_info:
         run_main(main)(argv)

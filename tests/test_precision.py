@@ -88,7 +88,8 @@ def test_batched_views_are_fp32_under_the_callers_autocast():
         control = apply_view(images, view().sample(16, 40, 40), 32)  # the same ops, autocast left on
     assert under.dtype == torch.float32 and torch.equal(under, plain)
     assert not torch.equal(control, plain), "autocast changed nothing: this test would prove nothing"
-    formatted = BatchView(32, dataclasses.replace(BYOL_VIEWS[0], solarize_p=0.2), torch.Generator().manual_seed(3), torch.channels_last)(images)
+    formatted = BatchView(32, dataclasses.replace(BYOL_VIEWS[0], solarize_p=0.2), torch.Generator().manual_seed(3),
+                          torch.channels_last)(images)
     assert formatted.is_contiguous(memory_format=torch.channels_last) and torch.equal(formatted, plain)
 
 
@@ -120,7 +121,8 @@ def p1_root(tiny_data: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("aug", ["--gpu-aug", "--no-gpu-aug"])
 def test_byol_pretraining_under_bf16(aug, p1_root, tmp_path):
     train_isolated("p1_pretrain.py", ["--data-root", str(p1_root), "--out", str(tmp_path / "out"), *P1_SMALL, *CPU,
-                                      *STEPS, aug, "--batch-size", "8", "--projection-hidden-size", "64", "--precision", "bf16"])
+                                      *STEPS, aug, "--batch-size", "8", "--projection-hidden-size", "64",
+                                      "--precision", "bf16"])
     assert_trained_in(tmp_path / "out", "bf16", "net.conv1.weight")
     assert "knn_acc" in log_rows(tmp_path / "out")[-1]
 
@@ -177,4 +179,5 @@ def test_inference_scripts_default_to_fp32_and_run_under_bf16(tiny_data, p1_clas
     assert p2_inference.get_args_parser().get_default("precision") == "fp32"
     with open(tmp_path / "p1_None.csv") as a, open(tmp_path / "p1_bf16.csv") as b:
         assert len(list(a)) == len(list(b)) > 1
-    assert sorted(p.name for p in (tmp_path / "p2_None").iterdir()) == sorted(p.name for p in (tmp_path / "p2_bf16").iterdir())
+    assert (sorted(p.name for p in (tmp_path / "p2_None").iterdir())
+            == sorted(p.name for p in (tmp_path / "p2_bf16").iterdir()))

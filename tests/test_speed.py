@@ -91,7 +91,8 @@ def test_batched_view_equals_torchvision_per_image_with_the_same_parameters() ->
     crop reads the real neighbouring pixel where torchvision repeats the edge (a small difference)."""
     torch.manual_seed(0)
     n, side = 24, 48
-    images = (torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=(side, side), mode="bilinear") * 255).to(torch.uint8)
+    images = (torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=(side, side), mode="bilinear")
+              * 255).to(torch.uint8)
     gen = torch.Generator().manual_seed(0)
     for recipe in [*BYOL_VIEWS, dataclasses.replace(BYOL_VIEWS[0], blur_p=0.5, solarize_p=0.5), FINETUNE_VIEW]:
         p = sample_view(n, side, side, recipe, gen)
@@ -190,16 +191,20 @@ def test_batched_views_match_the_cpu_path_in_distribution() -> None:
         nominal = {"flip": 0.5, "gray": expect.gray_p, "solarize": expect.solarize_p, "blur": expect.blur_p}
         for name in ("flip", "gray", "solarize", "area", "sigma"):
             a, b = cpu[v][name].float(), gpu[v][name].float()
-            se = math.sqrt(a.var(unbiased=True).nan_to_num().item() / len(a) + b.var(unbiased=True).nan_to_num().item() / len(b))
+            se = math.sqrt(a.var(unbiased=True).nan_to_num().item() / len(a)
+                           + b.var(unbiased=True).nan_to_num().item() / len(b))
             tol = 4 * max(se, 1e-3)
-            assert abs(a.mean() - b.mean()) <= tol, f"view {v + 1} {name}: CPU path {a.mean():.3f}, batched {b.mean():.3f}, tolerance {tol:.3f}"
+            assert abs(a.mean() - b.mean()) <= tol, (f"view {v + 1} {name}: CPU path {a.mean():.3f}, "
+                                                     f"batched {b.mean():.3f}, tolerance {tol:.3f}")
             if name in nominal:
                 p = nominal[name]
-                assert abs(b.mean() - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-4) / len(b)) + 1e-6, f"view {v + 1} {name}: {b.mean():.3f} vs p={p}"
+                assert abs(b.mean() - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-4) / len(b)) + 1e-6, (
+                    f"view {v + 1} {name}: {b.mean():.3f} vs p={p}")
         cpu_blur, gpu_blur = cpu[v]["blur"].item(), gpu[v]["blur"].mean().item()
         p = nominal["blur"]
         tol = 4 * math.sqrt(max(p * (1 - p), 1e-4) * (1 / (2 * N_DRAWS) + 1 / len(gpu[v]["blur"])))
-        assert abs(cpu_blur - gpu_blur) <= tol + 1e-6, f"view {v + 1} blur rate: CPU path {cpu_blur:.3f}, batched {gpu_blur:.3f}"
+        assert abs(cpu_blur - gpu_blur) <= tol + 1e-6, (f"view {v + 1} blur rate: CPU path {cpu_blur:.3f}, "
+                                                        f"batched {gpu_blur:.3f}")
 
 
 def test_fine_tuning_view_draws_what_the_per_image_transform_draws() -> None:
@@ -302,7 +307,8 @@ def test_bench_quick_writes_its_table(tmp_path: Path) -> None:
     assert set(result["profile"]["phases_ms"]) >= {"data", "forward (incl. augment)", "backward", "optimiser", "ema"}
     assert all(rows[k][t] >= 0 for k in ("b", "c") for t in ("step_s", "data_wait_s", "eval_s", "checkpoint_s"))
     overhead = result["overhead"]
-    assert {k.split(",")[0] for k in overhead} >= {"monitor data path", "monitor set-up", "write last.pt (resnet18 BYOL",
+    assert {k.split(",")[0] for k in overhead} >= {"monitor data path", "monitor set-up",
+                                                   "write last.pt (resnet18 BYOL",
                                                    "write backbone_last.pt (resnet18 BYOL)", "loader start-up"}
     assert all(v.get("seconds", 0) >= 0 for v in overhead.values())
     md = (out / "bench.md").read_text()
