@@ -45,8 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace, world: distributed.World, device: torch.device) -> tuple[engine.Task, DataLoader]:
     """The pre-training task and its loader (bench.py times exactly this)."""
-    run = Pretraining(PretrainConfig.from_args(args), cache.CacheConfig.from_args(args), world, device)
-    return run.task(), run.loader
+    pretraining = Pretraining(PretrainConfig.from_args(args), cache.CacheConfig.from_args(args), world, device)
+    return pretraining.task(), pretraining.loader
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,10 @@ images/s each pre-training loader delivers with no model, and those of fine-tuni
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -122,7 +124,7 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
         loader = loading.make_loader(dataset, batch, train=True, workers=cfg.workers, seed=0, world=world,
                                      device=device, collate_fn=collate_fn)
         times, t = [], time.perf_counter()
-        for k, b in enumerate(loader):
+        for k, b in enumerate(_epochs(loader)):  # a small set is read again, epoch after epoch, as training does
             if on_device is not None:
                 on_device(b)
                 sync(device)
@@ -134,3 +136,10 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
         rows.append({"row": name, "images_per_s": rate(batch, times) if times else float("nan"),
                      "workers": cfg.workers})
     return rows
+
+
+def _epochs(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """The loader's batches, one epoch after another."""
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        yield from loader

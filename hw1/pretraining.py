@@ -18,7 +18,7 @@ from .byol import TargetEMA, TwoViews, build_byol
 from .distributed import World
 from .metrics import knn_accuracy, view_gap
 from .models import backbone_state, build_resnet, pooled_features
-from .recipes import IMAGENET_MEAN, IMAGENET_STD
+from .recipes import normalize_uint8
 
 MONITOR_VIEWS = 256  # val images whose two fixed views `view_gap` compares at every evaluation
 
@@ -86,7 +86,7 @@ class KnnMonitor:
         for x, y in zip(images.split(batch_size), labels.split(batch_size)):
             if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
                 x = TF.resize(x, [self.image_size, self.image_size], antialias=True)
-            yield TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD), y
+            yield normalize_uint8(x), y
 
     def __call__(self, backbone: nn.Module) -> dict:
         def pooled(x: torch.Tensor) -> torch.Tensor:  # not the supervised net's class logits

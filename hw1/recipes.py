@@ -1,14 +1,22 @@
 """The augmentation recipes and the ImageNet normalisation, written once.
 
 The per-image CPU transforms (`byol.byol_view_transform`, `data.classify_train_transform`) and the batched
-device ops (`gpu_aug`) are both built from these numbers.
+device ops (`gpu_aug`, which folds the normalisation into one fused op) are both built from these numbers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torchvision.transforms.v2 import functional as TF
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 image(s) → float, ImageNet mean/std normalised (what `data.normalize()` does inside a transform)."""
+    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from . import io
 from .data import load_rgb
 from .errors import WARNINGS, UserError
-from .recipes import IMAGENET_MEAN, IMAGENET_STD
+from .recipes import normalize_uint8
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
 CLASS_COLOURS = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0),
@@ -119,11 +119,6 @@ def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(mask[None], [size, size], interpolation=InterpolationMode.NEAREST_EXACT)[0]
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 image → float, ImageNet mean/std normalised."""
-    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
-
-
 def joint_augment(image: torch.Tensor, mask: torch.Tensor, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random geometry on image (C x H x W) and mask (H x W), drawn from torch's RNG.
 
@@ -166,11 +161,11 @@ class SatMaskDataset(Dataset):
         img = load_rgb(pair.image)
         x = resize_image(TF.pil_to_tensor(img), self.size)
         if pair.mask is None:
-            return {"image": normalise(x), "size": torch.tensor([img.height, img.width]), "index": index}
+            return {"image": normalize_uint8(x), "size": torch.tensor([img.height, img.width]), "index": index}
         mask = torch.from_numpy(read_mask(pair.mask).astype(np.int64))
         if not self.full_res_masks:
             x, mask = joint_augment(x, resize_mask(mask, self.size), self.augment)
-        return {"image": normalise(x), "mask": mask}
+        return {"image": normalize_uint8(x), "mask": mask}
 
 
 def collate(items: list[dict]) -> dict:
