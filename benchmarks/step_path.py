@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def project_file(code: CodeType) -> str | None:
-    """The code's file relative to the repository, or None outside it (the standard library, site-packages)."""
+    """The code's file relative to the repository, or None outside it (the standard library, site-packages) and for
+    this file."""
     path = Path(code.co_filename)
     if not path.is_absolute():  # <frozen os>, <string>: the standard library and dataclass-made methods
         return None
@@ -26,7 +27,7 @@ def project_file(code: CodeType) -> str | None:
         rel = path.resolve().relative_to(ROOT)
     except ValueError:
         return None
-    return None if rel.parts[0].startswith(".venv") else str(rel)
+    return None if rel.parts[0].startswith(".venv") or path.resolve() == Path(__file__).resolve() else str(rel)
 
 
 def name(code: CodeType) -> str:
