@@ -145,7 +145,8 @@ def test_sigkill_mid_epoch_then_resume_byol_matches_uninterrupted(tiny_data, tmp
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
     train_in_process(p1_pretrain.main, pretrain_args(root, out) + ["--resume"])
     assert_same_run(out / "last.pt", reference / "last.pt")
-    assert max_abs_diff(torch.load(out / "backbone_last.pt"), torch.load(reference / "backbone_last.pt")) <= 1e-6
+    assert max_abs_diff(torch.load(out / "backbone_last.pt", weights_only=True),
+                        torch.load(reference / "backbone_last.pt", weights_only=True)) <= 1e-6
 
 
 def test_sigterm_to_process_group_saves_batch_position_and_resume_matches(p1_root, finetune_reference, tmp_path,
