@@ -135,32 +135,36 @@ def fits(folder: Path, n: int, side: int) -> bool:
         return False
 
 
-def ensure(paths: Sequence[Path], cache_dir: str | os.PathLike, name: str, *, side: int | None = None,
-           workers: int = 0, build_here: bool = True, skip_unreadable: bool = True) -> Path:
-    """The cache file for `paths` at `side` (default: the first image's side), built if missing or stale.
-
-    Stale caches of the same `name` are deleted. With `build_here=False` (DDP ranks other than 0) the
-    file is only located: call after rank 0 built it.
-    """
+def _locate(paths: Sequence[Path], cache_dir: str | os.PathLike, name: str,
+            side: int | None) -> tuple[list[Path], int, Path]:
+    """The image list, the side (default: the first image's) and the cache file, whose name holds `cache_key`."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise UserError(cache_dir, f"no images to cache for {name}", "check --data-root")
     side = side or image_side(paths)
-    cache_dir = Path(cache_dir)
-    key = cache_key(paths, side)
-    target = cache_dir / f"{name}-{side}px-{key}.npy"
-    if target.is_file() or not build_here:
-        return target
-    for stale in cache_dir.glob(f"{name}-*px-*.npy"):
+    return paths, side, Path(cache_dir) / f"{name}-{side}px-{cache_key(paths, side)}.npy"
+
+
+def ensure(paths: Sequence[Path], cache_dir: str | os.PathLike, name: str, *, side: int | None = None,
+           workers: int = 0, skip_unreadable: bool = True) -> Path:
+    """The cache file for `paths` at `side` (default: the first image's side), built if missing or stale."""
+    paths, side, target = _locate(paths, cache_dir, name, side)
+    if not target.is_file():
+        _build_file(target, paths, name, side, workers, skip_unreadable)
+    return target
+
+
+def _build_file(target: Path, paths: Sequence[Path], name: str, side: int, workers: int, skip_unreadable: bool) -> None:
+    """Delete the stale caches of `name`, decode `paths` into `target` and write its sidecar JSON."""
+    for stale in target.parent.glob(f"{name}-*px-*.npy"):
         stale.unlink(missing_ok=True)
         stale.with_suffix(".json").unlink(missing_ok=True)
     build(paths, side, target, workers=workers, desc=f"caching {name} ({len(paths)} images, {side}px)",
           skip_unreadable=skip_unreadable)
     io.write_json(target.with_suffix(".json"), {
-        "name": name, "key": key, "version": VERSION, "count": len(paths), "side": side,
+        "name": name, "key": target.stem.rsplit("-", 1)[1], "version": VERSION, "count": len(paths), "side": side,
         "shape": [len(paths), side, side, 3], "dtype": "uint8", "first": str(paths[0]), "last": str(paths[-1]),
     })
-    return target
 
 
 WAIT_S, WAIT_PER_IMAGE_S = 1800.0, 0.05  # how long rank 0 may take: half an hour, plus a slow disk's 20 images/s
@@ -254,9 +258,8 @@ def cached_dataset(cfg: CacheConfig, paths: Sequence[Path], name: str, world: Wo
     """
     if cfg.use is False:
         return None
-    side = side or image_side(paths)
-    existing = cfg.folder / f"{name}-{side}px-{cache_key(paths, side)}.npy"
-    use = cfg.use is True or existing.is_file() or fits(cfg.folder, len(paths), side)
+    paths, side, target = _locate(paths, cfg.folder, name, side)  # stats every file once
+    use = cfg.use is True or target.is_file() or fits(cfg.folder, len(paths), side)
     if torch_dist.is_initialized():  # every rank must take the same branch, or the barrier below hangs
         decision = [use]
         torch_dist.broadcast_object_list(decision, src=0)
@@ -265,8 +268,8 @@ def cached_dataset(cfg: CacheConfig, paths: Sequence[Path], name: str, world: Wo
         print(f"note: the decoded-image cache of {name} does not fit in {cfg.folder} (or it is not writable); "
               "reading the image files directly (pass --cache-dir to put it elsewhere)")
         return None
-    target = ensure(paths, cfg.folder, name, side=side, workers=cfg.workers, build_here=world.is_main,
-                    skip_unreadable=skip_unreadable)
+    if world.is_main and not target.is_file():
+        _build_file(target, paths, name, side, cfg.workers, skip_unreadable)
     if torch_dist.is_initialized() and not world.is_main:  # not at the barrier: NCCL's would time out after 10 minutes
         wait_for_build(target, name, len(paths))
     if world.enabled:
