@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, distributed, engine, gpu_aug, io, loading, precision
+from hw1 import cache, data, distributed, engine, gpu_aug, io, loading, precision, train_config
 from hw1.errors import UserError, run_main
 from hw1.models import ARCHS, Classifier, load_backbone_into
 from hw1.recipes import FINETUNE_VIEW
@@ -39,7 +39,8 @@ def default_backbone(setting: str, data_root: str) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine.add_common_args(parser, epochs=500, batch_size=128, image_size=128, warmup_steps=100, out="runs/finetune")
+    train_config.add_common_args(parser, epochs=500, batch_size=128, image_size=128,
+                                 warmup_steps=100, out="runs/finetune")
     parser.set_defaults(save_every=25)  # 500 short epochs: last.pt and best.pt 20 times, not 500 (BENCHMARKS.md)
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True,
                         help="report setting A–E, or E0 (frozen random backbone)")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         frozen = "backbone frozen" if model.frozen else "full model"
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / "
               f"{len(val_set)} val images, {device}")
-    history = engine.fit(engine.TrainConfig.from_args(args), task, loader, world, device)
+    history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("val_acc", float("nan"))
         best = max(r.get("val_acc", 0.0) for r in history)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from hw1 import engine, segmentation
+from hw1 import segmentation, train_config
 from hw1.errors import run_main
 from hw1.losses import focal_loss
 from hw1.seg_data import IGNORE_INDEX
@@ -28,7 +28,8 @@ EPOCHS = 30  # see the docstring
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine.add_common_args(parser, epochs=EPOCHS, batch_size=8, image_size=512, warmup_steps=500, out="runs/p2_deeplab")
+    train_config.add_common_args(parser, epochs=EPOCHS, batch_size=8, image_size=512,
+                                 warmup_steps=500, out="runs/p2_deeplab")
     parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
     segmentation.add_args(parser)
     parser.add_argument("--arch", choices=list(DEEPLAB), default="deeplabv3_resnet101", help="default: %(default)s")

@@ -18,7 +18,7 @@ import functools
 
 import torch.nn.functional as F
 
-from hw1 import engine, segmentation
+from hw1 import segmentation, train_config
 from hw1.errors import run_main
 from hw1.seg_data import IGNORE_INDEX
 from hw1.seg_models import FC_WIDTH, VGGS
@@ -28,7 +28,8 @@ EPOCHS = 40  # see the docstring
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512, warmup_steps=500, out="runs/p2_fcn32s")
+    train_config.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512,
+                                 warmup_steps=500, out="runs/p2_fcn32s")
     parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
     segmentation.add_args(parser)
     parser.add_argument("--fc-width", type=int, default=FC_WIDTH,

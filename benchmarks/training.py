@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from hw1 import data, distributed, engine
+from hw1 import data, distributed, engine, train_config
 from hw1.gpu_aug import batch_views
 
 from .common import PeakMemory, pretrain_args, rate, sync, timed_steps
@@ -91,9 +91,10 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
         with PeakMemory(device) as mem:
             task, loader = p1_pretrain.setup(args, distributed.World(), device)
             task.evaluate, task.on_save, task.keep_first = None, None, False
+            cfg_train = train_config.TrainConfig.from_args(args)
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
-                history = engine.fit(engine.TrainConfig.from_args(args), task, loader, distributed.World(), device)
+                history = engine.fit(cfg_train, task, loader, distributed.World(), device)
         first = stamps[0] - t0
         times = list(np.diff(stamps))[cfg.warmup:]
     row = {"row": name, "images_per_s": rate(cfg.batch_size, times), "peak_mem_gib": mem.gib, "first_step_s": first,
@@ -161,7 +162,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
 
         task.loss_fn, task.after_step = loss_fn, after_step
         with prof:
-            engine.fit(engine.TrainConfig.from_args(args), task, loader, distributed.World(), device)
+            engine.fit(train_config.TrainConfig.from_args(args), task, loader, distributed.World(), device)
     events = prof.key_averages()
     on_gpu = device.type == "cuda"
 

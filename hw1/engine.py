@@ -2,14 +2,11 @@
 the checkpoint cadence and the `log.csv` rows. `train_one_epoch` holds the step."""
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -17,88 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, compat, io, optim, precision, stopping
-from .checkpoint import rng_state, set_rng_state
+from . import checkpoint, io, precision, stopping, train_state
 from .distributed import World, all_reduce_sum, seed_step
 from .errors import WARNINGS, UserError
 from .loading import to_device
 from .models import describe_model
 from .precision import Precision
-
-
-# ---------------------------------------------------------------- arguments
-
-
-def add_common_args(
-    parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, image_size: int,
-    warmup_steps: int, lr: float = 1e-4, weight_decay: float = 0.05, out: str = "runs/run",
-) -> None:
-    """The flags every training script shares (SPEC §7), defaults set to the reference recipe."""
-    g = parser.add_argument_group("common training flags")
-    g.add_argument("--data-root", default="hw1_data", help="course data folder (default: %(default)s)")
-    g.add_argument("--out", default=out, help="checkpoints, logs and figures go here (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=epochs, help="default: %(default)s")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
-    g.add_argument("--batch-size", type=int, default=batch_size,
-                   help="global batch, split across DDP ranks (default: %(default)s)")
-    g.add_argument("--image-size", type=int, default=image_size, help="default: %(default)s")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="data-loader processes (default: %(default)s)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
-    g.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume from CKPT, or from OUT/last.pt when no path is given")
-    g.add_argument("--save-every", type=int, default=1, metavar="N",
-                   help="write OUT/last.pt every N epochs, after the last and on SIGTERM/SIGINT (default: %(default)s)")
-    g.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
-                   help="also write it at the first epoch end M minutes after the previous write "
-                        "(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=weight_decay, help="default: %(default)s")
-    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (default: 0.9 0.999)")
-    g.add_argument("--warmup-steps", type=int, default=warmup_steps,
-                   help="linear warm-up iterations, then cosine (default: %(default)s)")
-    g.add_argument("--eval-every", type=int, default=1,
-                   help="evaluate every N epochs (and after the last) (default: %(default)s)")
-    precision.add_arg(g)
-    g.add_argument("--compile", action=compat.BooleanOptionalAction, default=False,
-                   help="torch.compile the model (default: off)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    g.add_argument("--print-model", action="store_true",
-                   help="write the module tree and parameter counts to OUT/model.txt and stdout, then exit without "
-                        "training")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The common flags `fit` reads, typed; `flags` is every flag of the script, as `last.pt` records them."""
-
-    out: Path
-    epochs: int
-    max_steps: float            # --max-steps, or inf
-    seed: int
-    resume: str | None          # a path, "auto" (OUT/last.pt) or None
-    save_every: int
-    save_minutes: float
-    lr: float
-    weight_decay: float
-    betas: tuple[float, float]
-    warmup_steps: int
-    eval_every: int
-    precision: str
-    compile: bool
-    print_model: bool
-    flags: dict
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        for flag in ("eval_every", "save_every"):
-            if getattr(args, flag) < 1:
-                raise UserError(f"--{flag.replace('_', '-')}", f"must be 1 or more, not {getattr(args, flag)}",
-                                "pass a number of epochs")
-        return cls(Path(args.out), args.epochs, math.inf if args.max_steps is None else args.max_steps, args.seed,
-                   args.resume, args.save_every, args.save_minutes, args.lr, args.weight_decay, tuple(args.betas),
-                   args.warmup_steps, args.eval_every, args.precision, args.compile, args.print_model, dict(vars(args)))
+from .train_config import TrainConfig
+from .train_state import TrainState
 
 
 @dataclass
@@ -119,19 +42,6 @@ class Task:
     evaluate_at_start: bool = False                             # also evaluate the initial model (epoch 0 in log.csv)
 
 
-@dataclass
-class TrainState:
-    """What changes as a run goes; `last.pt` holds it with the model's weights and the RNG states."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: Any                         # torch.amp.GradScaler: a pass-through unless fp16
-    step: int = 0
-    best: float = -math.inf             # the monitor's best value so far
-    last_save: float = 0.0              # time.monotonic() of the last epoch-end `last.pt`
-    unsaved_best: dict | None = None    # `best.pt` to be: the best weights on the CPU, written with the next `last.pt`
-
-
 # ---------------------------------------------------------------- the training loop
 
 
@@ -150,8 +60,8 @@ def fit(cfg: TrainConfig, task: Task, loader: DataLoader, world: World, device: 
         raise UserError(cfg.flags.get("data_root", "--data-root"), "no training batches (the training set is empty)",
                         "check --data-root")
     prec = precision.resolve(cfg.precision, device)
-    state = _fresh_state(task.model, cfg, steps_per_epoch, prec, device, verbose=world.is_main)
-    start_epoch, start_batch = _resume(state, task, cfg, world) if cfg.resume else (0, 0)
+    state = train_state.fresh(task.model, cfg, steps_per_epoch, prec, device, verbose=world.is_main)
+    start_epoch, start_batch = train_state.resume(state, task.model, task.meta, cfg, world) if cfg.resume else (0, 0)
     train_model = _wrap(task.model, cfg, world, device)
     history: list[dict] = []
     if task.evaluate and task.evaluate_at_start and state.step == 0:  # the baseline a run's progress is measured from
@@ -230,7 +140,7 @@ def train_one_epoch(train_model: nn.Module, task: Task, loader: DataLoader, stat
     if stop_now and not finished:
         stopping.raise_if_nonfinite(task.model, state.step, cfg.out)
         if world.is_main:
-            _write_last(state, cfg, _checkpoint(state, task, cfg, epoch, next_batch))
+            _write_last(state, cfg, train_state.as_checkpoint(state, task.model, task.meta, cfg, epoch, next_batch))
             print(f"saved {cfg.out / 'last.pt'} (epoch {epoch + 1}, batch {next_batch}); resume with --resume")
         stopping.exit_stopped()
     mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * world.size)  # a sync: the steps are done
@@ -321,7 +231,8 @@ def _save_due(task: Task, state: TrainState, cfg: TrainConfig, world: World, epo
            or time.monotonic() - state.last_save >= 60 * cfg.save_minutes)
     if not world.is_main or not due:
         return
-    ckpt = _checkpoint(state, task, cfg, epoch + 1 if done.finished else epoch, 0 if done.finished else done.next_batch)
+    ckpt = train_state.as_checkpoint(state, task.model, task.meta, cfg, epoch + 1 if done.finished else epoch,
+                                     0 if done.finished else done.next_batch)
     _write_last(state, cfg, ckpt)
     if first:
         checkpoint.save_checkpoint(cfg.out / "first.pt", ckpt)
@@ -336,70 +247,6 @@ def _write_last(state: TrainState, cfg: TrainConfig, ckpt: dict) -> None:
         checkpoint.save_checkpoint(cfg.out / "best.pt", state.unsaved_best)
         state.unsaved_best = None
     checkpoint.save_checkpoint(cfg.out / "last.pt", ckpt)
-
-
-# ---------------------------------------------------------------- the state: fresh, as a checkpoint, resumed
-
-
-def _fresh_state(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, prec: Precision, device: torch.device,
-                 verbose: bool) -> TrainState:
-    """AdamW over the trainable parameters, the warm-up/cosine schedule over the run's steps, the precision's scaler."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optim.build_optimizer(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                      fused=device.type == "cuda")
-    warmup, total = optim.schedule_lengths(cfg.warmup_steps, steps_per_epoch * cfg.epochs, verbose=verbose)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.warmup_cosine_lambda(warmup, total))
-    return TrainState(optimizer, scheduler, prec.grad_scaler())
-
-
-def _checkpoint(state: TrainState, task: Task, cfg: TrainConfig, epoch: int, batch_in_epoch: int) -> dict:
-    """What `last.pt` holds."""
-    return {
-        "model": task.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-        "lr_scheduler": state.scheduler.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "step": state.step, "best": state.best, "args": cfg.flags, "meta": task.meta, "rng": rng_state(),
-        "scaler": state.scaler.state_dict(),
-    }
-
-
-def _resume(state: TrainState, task: Task, cfg: TrainConfig, world: World) -> tuple[int, int]:
-    """Load --resume's checkpoint into the model and `state`; returns the (epoch, batch in epoch) to start from."""
-    path = cfg.out / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)  # type: ignore[arg-type]
-    if cfg.resume == "auto" and not path.exists():
-        print(f"note: {path} not found; starting from scratch")
-        return 0, 0
-    ckpt = checkpoint.load_checkpoint(path)
-    if missing := [k for k in ("model", "optimizer", "lr_scheduler", "epoch", "step", "rng") if k not in ckpt]:
-        raise UserError(path, f"not a training checkpoint (no {', '.join(missing)})",
-                        "--resume takes the last.pt a training run wrote")
-    checkpoint.check_meta(path, ckpt.get("meta", {}), task.meta)
-    checkpoint.warn_changed_recipe(path, ckpt.get("args", {}), cfg.flags)
-    try:
-        task.model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise UserError(path, f"weights do not fit this model ({str(err).splitlines()[0][:120]})",
-                        "resume with the flags the checkpoint was trained with") from err
-    optim.restore(state.optimizer, state.scheduler, ckpt, cfg.lr)
-    start_epoch, start_batch, state.step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
-    state.best = ckpt.get("best", -math.inf)
-    if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)
-        state.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])  # starting a loader draws nothing from it (make_loader)
-    if world.is_main:
-        print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {state.step}")
-        _drop_rows_after(cfg.out / "log.csv", start_epoch)
-    return start_epoch, start_batch
-
-
-def _drop_rows_after(log: Path, epoch: int) -> None:
-    """A resumed run redoes the epochs after its checkpoint: drop their rows, so each epoch is logged once."""
-    if not log.is_file():
-        return
-    rows = io.read_csv_rows(log)
-    kept = [r for r in rows if int(r["epoch"]) <= epoch]
-    if len(kept) < len(rows):
-        io.write_csv(log, list(rows[0]), [list(r.values()) for r in kept])
-        print(f"note: {log}: dropped the rows of epochs after {epoch}, which this run redoes")
 
 
 def _describe(record: dict) -> str:

@@ -25,7 +25,7 @@ MONITOR_VIEWS = 256  # val images whose two fixed views `view_gap` compares at e
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """p1_pretrain.py's own flags (beside the common ones `engine.TrainConfig` reads)."""
+    """p1_pretrain.py's own flags (beside the common ones `TrainConfig` reads)."""
 
     method: str                 # "byol" or "supervised"
     arch: str

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import distributed, engine, io, loading, precision
+from . import distributed, engine, io, loading, precision, train_config
 from .data import data_dir, load_rgb
 from .errors import UserError
 from .metrics import confusion_matrix, iou_from_confusion
@@ -32,7 +32,7 @@ Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    """Flags both P2 training scripts take beside `engine.add_common_args`."""
+    """Flags both P2 training scripts take beside `train_config.add_common_args`."""
     parser.add_argument("--weights", choices=WEIGHTS, default="default",
                         help="default: torchvision's pretrained weights (downloaded once into $TORCH_HOME); "
                              "none: random initialisation, no download (default: %(default)s)")
@@ -196,7 +196,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     if world.is_main:
         print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "
               f"{args.image_size} px, augment {args.augment}, {device}, world size {world.size}")
-    history = engine.fit(engine.TrainConfig.from_args(args), task, loader, world, device)
+    history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("miou", math.nan)
         best = max((r["miou"] for r in history if "miou" in r), default=math.nan)

@@ -1,0 +1,92 @@
+"""What changes as a training run goes (`TrainState`): set up fresh, written as `last.pt`, resumed from it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint, io, optim
+from .checkpoint import rng_state, set_rng_state
+from .distributed import World
+from .errors import UserError
+from .precision import Precision
+from .train_config import TrainConfig
+
+
+@dataclass
+class TrainState:
+    """What changes as a run goes; `last.pt` holds it with the model's weights and the RNG states."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any                         # torch.amp.GradScaler: a pass-through unless fp16
+    step: int = 0
+    best: float = -math.inf             # the monitor's best value so far
+    last_save: float = 0.0              # time.monotonic() of the last epoch-end `last.pt`
+    unsaved_best: dict | None = None    # `best.pt` to be: the best weights on the CPU, written with the next `last.pt`
+
+
+def fresh(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, prec: Precision, device: torch.device,
+          verbose: bool) -> TrainState:
+    """AdamW over the trainable parameters, the warm-up/cosine schedule over the run's steps, the precision's scaler."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optim.build_optimizer(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                      fused=device.type == "cuda")
+    warmup, total = optim.schedule_lengths(cfg.warmup_steps, steps_per_epoch * cfg.epochs, verbose=verbose)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.warmup_cosine_lambda(warmup, total))
+    return TrainState(optimizer, scheduler, prec.grad_scaler())
+
+
+def as_checkpoint(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, epoch: int,
+                  batch_in_epoch: int) -> dict:
+    """What `last.pt` holds."""
+    return {
+        "model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "lr_scheduler": state.scheduler.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "step": state.step, "best": state.best, "args": cfg.flags, "meta": meta, "rng": rng_state(),
+        "scaler": state.scaler.state_dict(),
+    }
+
+
+def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, world: World) -> tuple[int, int]:
+    """Load --resume's checkpoint into the model and `state`; returns the (epoch, batch in epoch) to start from."""
+    path = cfg.out / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)  # type: ignore[arg-type]
+    if cfg.resume == "auto" and not path.exists():
+        print(f"note: {path} not found; starting from scratch")
+        return 0, 0
+    ckpt = checkpoint.load_checkpoint(path)
+    if missing := [k for k in ("model", "optimizer", "lr_scheduler", "epoch", "step", "rng") if k not in ckpt]:
+        raise UserError(path, f"not a training checkpoint (no {', '.join(missing)})",
+                        "--resume takes the last.pt a training run wrote")
+    checkpoint.check_meta(path, ckpt.get("meta", {}), meta)
+    checkpoint.warn_changed_recipe(path, ckpt.get("args", {}), cfg.flags)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise UserError(path, f"weights do not fit this model ({str(err).splitlines()[0][:120]})",
+                        "resume with the flags the checkpoint was trained with") from err
+    optim.restore(state.optimizer, state.scheduler, ckpt, cfg.lr)
+    start_epoch, start_batch, state.step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
+    state.best = ckpt.get("best", -math.inf)
+    if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)
+        state.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])  # starting a loader draws nothing from it (make_loader)
+    if world.is_main:
+        print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {state.step}")
+        _drop_rows_after(cfg.out / "log.csv", start_epoch)
+    return start_epoch, start_batch
+
+
+def _drop_rows_after(log: Path, epoch: int) -> None:
+    """A resumed run redoes the epochs after its checkpoint: drop their rows, so each epoch is logged once."""
+    if not log.is_file():
+        return
+    rows = io.read_csv_rows(log)
+    kept = [r for r in rows if int(r["epoch"]) <= epoch]
+    if len(kept) < len(rows):
+        io.write_csv(log, list(rows[0]), [list(r.values()) for r in kept])
+        print(f"note: {log}: dropped the rows of epochs after {epoch}, which this run redoes")
