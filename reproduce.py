@@ -2,6 +2,7 @@
 
   sample  synthetic sample data (written first), small models, short runs, CPU: ~10 minutes
   full    the reference recipe (SPEC §5) on the course data at --data-root, on a GPU: days
+  fashion Problem 1 on real photographs (Fashion-MNIST, SPEC §10), CPU: ~45 minutes
   tiny    the smallest run of every stage (the tests use it)
 
 Stages run as subprocesses of the project's scripts; each one's command goes to the report and its
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from hw1 import io  # noqa: E402
+from hw1 import fashion, io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
 from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
 from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
@@ -64,13 +65,20 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
     if preset["workers"] is not None:
         common += ["--workers", preset["workers"]]
     first: list[Stage] = []
-    if preset["sample_data"]:
+    if preset["sample_data"] == "fashion":  # real images: the split is drawn by the seed, as training is
+        first.append(Stage("Fashion-MNIST data", [PY, "-m", "hw1.fashion", "--out", str(data),
+                                                  "--seed", str(args.seed)],
+                           [data / "p1_data" / "office" / "val.csv"]))
+    elif preset["sample_data"]:
         first.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data),
                                            "--preset", preset["sample_data"], "--seed", str(args.seed)],
                            [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"]))
     after = [s.name for s in first]  # every later stage reads the data the first one writes
-    return [*first, *p1_stages(preset, data, layout, common, after), *p2_stages(preset, data, layout, common, after),
-            *model_tree_stages(layout, common, after), *sam_stages(args, data, layout, after)]
+    problems = preset.get("problems", ("p1", "p2"))
+    return [*first, *(p1_stages(preset, data, layout, common, after) if "p1" in problems else []),
+            *(p2_stages(preset, data, layout, common, after) if "p2" in problems else []),
+            *model_tree_stages(layout, common, after, problems),
+            *(sam_stages(args, data, layout, after) if "p2" in problems else [])]
 
 
 def _script(name: str) -> list[str]:
@@ -129,11 +137,16 @@ def p2_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
     return stages
 
 
-def model_tree_stages(layout: Layout, common: list[str], after: list[str]) -> list[Stage]:
-    """`--print-model` of the reference models: the report's architecture drawings, whatever this preset trains."""
+def model_tree_stages(layout: Layout, common: list[str], after: list[str], problems: tuple[str, ...]) -> list[Stage]:
+    """`--print-model` of the reference models of the preset's problems: the report's architecture drawings,
+    whatever size this preset trains."""
     trees = {"classifier": ("p1_finetune.py", ["--setting", "A", "--arch", "resnet50", "--results", os.devnull]),
              "fcn32s": ("p2_train_fcn32.py", ["--weights", "none"]),
              "deeplabv3": ("p2_train_deeplab.py", ["--weights", "none", "--arch", "deeplabv3_resnet101"])}
+    if "p2" not in problems:
+        del trees["fcn32s"], trees["deeplabv3"]
+    if "p1" not in problems:
+        del trees["classifier"]
     return [Stage(f"print model {name}", _script(script_name) + common + extra + ["--print-model", "--out",
                                                                                 str(layout.model_tree(name).parent)],
                   [layout.model_tree(name)], needs=after)
@@ -172,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     if preset["sample_data"] is None and not (Path(args.data_root) / "p1_data").is_dir():
         raise UserError(args.data_root, "course data not found (no p1_data/)",
                         "pass --data-root with the course's hw1_data, or use --preset sample")
+    if preset["sample_data"] == "fashion" and not args.report_only:
+        fashion.find_dir(Path(args.data_root))  # no idx files: one line with both ways to get them, before any stage
     if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
         raise UserError(args.sam_checkpoint, "SAM checkpoint not found",
                         "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) "
@@ -218,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
            if a not in ("--report-only", "--in-process", "--force")]
     info = ReportInfo(preset=args.preset, command=shlex.join(["python", "reproduce.py", *how]),
                       data_root=args.data_root, description=preset["description"],
-                      sample_data=preset["sample_data"] is not None,
+                      sample_data=preset["sample_data"] is not None, data_note=preset.get("data_note", ""),
+                      classes_note=preset.get("classes_note", ""),
                       machine=machine(), wall_seconds=None if args.report_only else time.time() - t_start,
                       ran_now=ran_now, model_names=MODEL_TREES)
     path = write_report(layout, args.report, info)

@@ -30,7 +30,9 @@ class ReportInfo:
     command: str
     data_root: str
     description: str                       # one paragraph: what this preset runs
-    sample_data: bool                      # numbers are on synthetic data, not the course's
+    sample_data: bool                      # numbers are on data of ours (synthetic, or Fashion-MNIST), not the course's
+    data_note: str = ""                    # what that data is, when not the synthetic sample (the report's warning)
+    classes_note: str = ""                 # the caption of its class montage, likewise
     machine: str = ""
     wall_seconds: float | None = None
     ran_now: list[str] = field(default_factory=list)       # stages this invocation ran (the others were done)
@@ -52,9 +54,10 @@ def header(layout: Layout, info: ReportInfo, stages: dict[str, dict]) -> list[st
     """Title, the sample-data warning, the preset's description and how it was run."""
     md = [f"# HW1 report: `python reproduce.py --preset {info.preset}`\n"]
     if info.sample_data:
-        md.append("> **Sample-data numbers, not the course's.** This run used the small synthetic data set that "
-                  "`hw1/sample_data.py` writes in the course layout, with the small models and few steps below, on "
-                  "the machine below. The *reference* columns are one student's report on the course "
+        data = info.data_note or ("the small synthetic data set that `hw1/sample_data.py` writes in the course "
+                                  "layout")
+        md.append(f"> **Sample-data numbers, not the course's.** This run used {data}, with the small models and few "
+                  "steps below, on the machine below. The *reference* columns are one student's report on the course "
                   "data (SPEC §5); they are the bar for `--preset full` on a GPU with the course data, "
                   "not for this run.\n")
     md.append(info.description + "\n")
@@ -75,9 +78,10 @@ def sample_classes(info: ReportInfo, figs: Figures) -> list[str]:
     if not info.sample_data or not class_montage(figs.dir / "sample_office_classes.png", office):
         return []
     return ["### The sample data's classes\n",
-            "One Office-Home-layout training image per class, classes 0–64 left to right, top to bottom. A class "
-            "is a shape and a fill pattern; colour, position, size and tilt are drawn per image and say nothing "
-            "of the class.\n", "![sample Office-Home classes](sample_office_classes.png)\n"]
+            info.classes_note or ("One Office-Home-layout training image per class, classes 0–64 left to right, top "
+                                  "to bottom. A class is a shape and a fill pattern; colour, position, size and tilt "
+                                  "are drawn per image and say nothing of the class.") + "\n",
+            "![sample Office-Home classes](sample_office_classes.png)\n"]
 
 
 def p1_table(layout: Layout) -> list[str]:
