@@ -30,6 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="default: %(default)s")
     parser.add_argument("--ema-start", type=float, default=0.99,
                         help="target EMA decay at step 0, cosine to 1 (default: %(default)s)")
+    parser.add_argument("--crop-min-scale", type=float, default=0.08,
+                        help="smallest area of a view's random crop, as a fraction of the image (default: %(default)s, "
+                             "the BYOL paper's)")
     parser.add_argument("--projection-size", type=int, default=256)
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--simplicial", action="store_true",

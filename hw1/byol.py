@@ -35,8 +35,8 @@ def byol_view_transform(size: int, recipe: ViewRecipe) -> T.Compose:
 class TwoViews:
     """Dataset transform: a PIL image → a (2, C, H, W) tensor of the two BYOL views."""
 
-    def __init__(self, size: int) -> None:
-        self.views = [byol_view_transform(size, recipe) for recipe in BYOL_VIEWS]
+    def __init__(self, size: int, recipes: tuple[ViewRecipe, ViewRecipe] = BYOL_VIEWS) -> None:
+        self.views = [byol_view_transform(size, recipe) for recipe in recipes]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return torch.stack([view(img) for view in self.views])

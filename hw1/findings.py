@@ -16,6 +16,11 @@ class Claim:
     measure: str               # what the two numbers are, for the report
     margin: float = 0.0        # how much higher `ours` must be (0: strictly higher)
     sample_spread: float = 0.0  # how far ours − versus moved between two runs of the sample preset (README)
+    fashion_spread: float = 0.0  # how far it moved between seeds 0, 1 and 2 of the fashion preset (README)
+
+    def spread(self, preset: str | None) -> float | None:
+        """The seed-to-seed spread measured on this preset, or None where none was measured."""
+        return {"sample": self.sample_spread, "fashion": self.fashion_spread}.get(preset or "")
 
 
 CLAIMS = (
@@ -57,30 +62,30 @@ def check(results: dict) -> list[dict]:
 
 
 def markdown(findings: list[dict], preset: str | None = None) -> list[str]:
-    """The report's Findings section (empty when no claim could be checked); for the sample preset, whether each
-    difference is beyond the seed-to-seed spread measured on it."""
+    """The report's Findings section (empty when no claim could be checked); for a preset whose spread over seeds
+    was measured (sample, fashion), whether each difference is beyond it."""
     if not findings:
         return []
     claims = {c.text: c for c in CLAIMS}
-    sample = preset == "sample"
+    measured = preset in ("sample", "fashion")
     lines = ["## Findings\n",
              "The homework's claims, each checked on this run's own numbers (the tables below; `results.json` "
              "beside this report). A claim is shown when *ours* is above *versus* by at least its margin (a smaller "
              "gain is within a small run's noise); the difference says by how much. Claims whose stages did not "
              "run are left out.\n",
-             *(["On the sample preset, a difference inside the spread that two of its runs showed (another seed, "
-                "another machine: README, \"Results that hold on another machine\") is not settled either way.\n"]
-               if sample else []),
+             *([f"On the {preset} preset, a difference inside the spread that its runs showed (other seeds, "
+                "another machine: README, \"What the runs show\") is not settled either way.\n"]
+               if measured else []),
              "| claim | this run | ours | versus | difference | margin | numbers compared |"
-             + (" settled |" if sample else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if sample else "")]
+             + (" settled |" if measured else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if measured else "")]
     for f in findings:
         verdict = "**shown**" if f["shown"] else "**not shown**"
         claim = claims[f["claim"]]
         margin = f"≥ {claim.margin:+.2f}" if claim.margin else "> 0"
         diff = f["ours"] - f["versus"]
-        settled = (("yes" if abs(diff) > claim.sample_spread else f"no: inside ±{claim.sample_spread:.3f}")
-                   if sample else "")
+        spread = claim.spread(preset) or 0.0
+        settled = ("yes" if abs(diff) > spread else f"no: inside ±{spread:.3f}") if measured else ""
         lines.append(f"| {f['claim']} | {verdict} | {f['ours']:.4f} | {f['versus']:.4f} | {diff:+.4f} | "
-                     f"{margin} | {claim.measure} |" + (f" {settled} |" if sample else ""))
+                     f"{margin} | {claim.measure} |" + (f" {settled} |" if measured else ""))
     return lines + [""]

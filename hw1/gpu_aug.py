@@ -287,9 +287,9 @@ def wanted(flag: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if flag is None else flag
 
 
-def batch_views(size: int, seed: int = 0,
-                memory_format: torch.memory_format = torch.contiguous_format) -> tuple[BatchView, BatchView]:
-    """The two BYOL views (hw1.recipes.BYOL_VIEWS) sharing one seeded host generator."""
+def batch_views(size: int, seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
+                recipes: tuple[ViewRecipe, ViewRecipe] = BYOL_VIEWS) -> tuple[BatchView, BatchView]:
+    """The two BYOL views (hw1.recipes.BYOL_VIEWS by default) sharing one seeded host generator."""
     gen = torch.Generator().manual_seed(seed)
-    v1, v2 = (BatchView(size, recipe, gen, memory_format) for recipe in BYOL_VIEWS)
+    v1, v2 = (BatchView(size, recipe, gen, memory_format) for recipe in recipes)
     return v1, v2

@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader
 from . import cache, checkpoint, data, engine, gpu_aug, loading, precision
 from .byol import TargetEMA, TwoViews, build_byol
 from .distributed import World
+from .errors import UserError
 from .metrics import knn_accuracy, view_gap
 from .models import backbone_state, build_resnet, pooled_features
-from .recipes import normalize_uint8
+from .recipes import byol_views, normalize_uint8
 
 MONITOR_VIEWS = 256  # val images whose two fixed views `view_gap` compares at every evaluation
 
@@ -44,12 +45,17 @@ class PretrainConfig:
     knn_k: int
     gpu_aug: bool | None        # None: on with CUDA
     save_best: bool
+    crop_min_scale: float
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PretrainConfig:
+        if not 0 < args.crop_min_scale <= 1:
+            raise UserError("--crop-min-scale", f"must be in (0, 1], not {args.crop_min_scale}",
+                            "pass a fraction of the image's area, e.g. 0.08")
         return cls(args.method, args.arch, args.image_size, Path(args.data_root), Path(args.out), args.batch_size,
                    args.workers, args.epochs, args.seed, args.precision, args.ema_start, args.projection_size,
-                   args.projection_hidden_size, args.simplicial, args.knn_k, args.gpu_aug, args.save_best)
+                   args.projection_hidden_size, args.simplicial, args.knn_k, args.gpu_aug, args.save_best,
+                   args.crop_min_scale)
 
 
 class KnnMonitor:
@@ -114,11 +120,13 @@ class Pretraining:
         self.monitor = KnnMonitor.build(cfg, caching, world, device, memory_format)
         self.views: tuple[gpu_aug.BatchView, gpu_aug.BatchView] | None = None
         if cfg.method == "byol":
+            view_recipes = byol_views(cfg.crop_min_scale)
             if gpu_aug.wanted(cfg.gpu_aug, device):  # uint8 batches; the model's augment hooks make the two views
                 dataset = cache.uint8_images(caching, paths, "mini_train", world)
-                self.views = gpu_aug.batch_views(cfg.image_size, memory_format=memory_format)
+                self.views = gpu_aug.batch_views(cfg.image_size, memory_format=memory_format, recipes=view_recipes)
             else:
-                dataset = data.ImageListDataset(paths, transform=TwoViews(cfg.image_size), skip_unreadable=True)
+                dataset = data.ImageListDataset(paths, transform=TwoViews(cfg.image_size, view_recipes),
+                                                skip_unreadable=True)
                 dataset = cache.maybe_cached(caching, dataset, "mini_train", world)
             self.model: nn.Module = build_byol(
                 cfg.arch, cfg.image_size, device, augment_fns=self.views, projection_size=cfg.projection_size,

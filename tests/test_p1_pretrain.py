@@ -16,8 +16,10 @@ import p1_pretrain
 from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
 from hw1 import checkpoint, data, distributed, engine, io, loading, pretraining
 from hw1.byol import SelectView, TwoViews
+from hw1.errors import UserError
 from hw1.gpu_aug import batch_views
 from hw1.metrics import knn_accuracy, view_gap
+from hw1.pretraining import PretrainConfig
 from hw1.sample_data import write_p1
 from robust_helpers import small_p1_root
 
@@ -85,6 +87,25 @@ def test_byol_is_fed_our_per_sample_views(tiny_data: Path, tmp_path: Path) -> No
         assert isinstance(task.model.augment1, kind) and isinstance(task.model.augment2, kind)
         assert task.model.augment1 is not task.model.augment2
         assert task.model.online_encoder.use_simplicial_embeddings is False  # byol-pytorch 0.9 defaults it on: not BYOL
+
+
+def test_crop_min_scale_reaches_both_view_paths(tiny_data: Path, tmp_path: Path) -> None:
+    """--crop-min-scale (the fashion preset's 0.2) sets both views' crop on the batched and the per-image path."""
+    args = p1_pretrain.get_args_parser().parse_args(["--data-root", str(tiny_data), "--out", str(tmp_path), *P1_SMALL,
+                                                     "--batch-size", "8", "--projection-hidden-size", "64",
+                                                     "--no-cache", "--crop-min-scale", "0.3"])
+    for gpu_aug in (True, False):
+        args.gpu_aug = gpu_aug
+        task, loader = p1_pretrain.setup(args, distributed.World(), torch.device("cpu"))
+        if gpu_aug:
+            scales = [view.recipe.scale for view in (task.model.augment1, task.model.augment2)]
+        else:
+            scales = [next(t.scale for t in view.transforms if hasattr(t, "scale"))
+                      for view in loader.dataset.dataset.transform.views]
+        assert scales == [(0.3, 1.0), (0.3, 1.0)]
+    assert p1_pretrain.get_args_parser().parse_args([]).crop_min_scale == 0.08  # the reference recipe's default
+    with pytest.raises(UserError, match="--crop-min-scale"):
+        PretrainConfig.from_args(p1_pretrain.get_args_parser().parse_args(["--crop-min-scale", "0"]))
 
 
 @pytest.fixture(scope="module")
