@@ -1,0 +1,245 @@
+"""What benchmarks/gpu_check.sh runs: its steps in order at a profile's sizes (`GPU`, `CPU`), and its first step,
+`prepare` (the device line, the tiny sample data, the timed hw1_2.sh's images and checkpoint)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hw1 import io
+from hw1.errors import UserError
+
+# bench.py in two runs, each its own bench.json: a half cut short by the time limit leaves the other's rows
+BENCH_P1 = ("aug", "data", "loaders", "a", "b", "c", "c-compile", "mfu", "profile")
+BENCH_P2 = ("seg", "overhead")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The sizes of a run: `GPU` fits the device tool's 10-minute call (from BENCHMARKS.md's estimates); `CPU` is
+    the tests' tiny data, a check of this script."""
+
+    device: str
+    p1: tuple[str, ...]        # model, size and batch of the Problem 1 steps
+    head: tuple[str, ...]      # BYOL's projector
+    compiled: tuple[str, ...]  # the --compile step's model: its compile time grows with the model
+    small: tuple[str, ...]     # the resume and torchrun steps (the resume's first half runs on the CPU)
+    fcn32s: tuple[str, ...]
+    deeplab: tuple[str, ...]
+    bench: tuple[str, ...]
+    workers: str
+    compile_backend: str
+    timed_images: int          # the timed hw1_2.sh: how many images of which size, and the model
+    timed_px: int
+    timed_model: tuple[str, int]
+    budget_s: float            # the whole run: a step starts only while time is left
+    step_s: float              # one step's limit (the compile, reproduce and bench steps: 3x)
+
+
+GPU = Profile(
+    device="cuda",
+    p1=("--arch", "resnet50", "--image-size", "128", "--batch-size", "64"),
+    head=(),
+    compiled=("--arch", "resnet18", "--image-size", "64", "--batch-size", "64"),
+    small=("--arch", "resnet18", "--image-size", "64", "--batch-size", "32"),
+    fcn32s=("--weights", "none", "--image-size", "512", "--batch-size", "8"),
+    deeplab=("--weights", "none", "--image-size", "512", "--batch-size", "8"),
+    bench=("--device", "cuda", "--steps", "10", "--warmup", "3", "--seg-steps", "3", "--seg-warmup", "1"),
+    workers="4", compile_backend="inductor", timed_images=257, timed_px=512, timed_model=("deeplabv3_resnet101", 512),
+    budget_s=560, step_s=90)
+CPU = Profile(
+    device="cpu",
+    p1=("--arch", "resnet18", "--image-size", "32", "--batch-size", "32"),
+    head=("--projection-hidden-size", "64", "--projection-size", "32"),
+    compiled=("--arch", "resnet18", "--image-size", "32", "--batch-size", "32"),
+    small=("--arch", "resnet18", "--image-size", "32", "--batch-size", "32"),
+    fcn32s=("--weights", "none", "--image-size", "32", "--batch-size", "8", "--fc-width", "64"),  # fc6: 102 M -> 1.6 M
+    deeplab=("--weights", "none", "--arch", "deeplabv3_mobilenet_v3_large", "--image-size", "32", "--batch-size", "8",
+             "--aux-weight", "0"),
+    bench=("--quick",),
+    workers="0", compile_backend="eager", timed_images=4, timed_px=64,
+    timed_model=("deeplabv3_mobilenet_v3_large", 64), budget_s=4 * 3600, step_s=1200)  # two shared cores: slow
+
+
+@dataclass
+class Step:
+    """One command of the check, run from the repository root."""
+
+    name: str
+    what: str                       # what it checks, one line
+    argv: list[str]
+    needs: tuple[str, ...] = ()     # files an earlier step makes (under OUT)
+    makes: tuple[str, ...] = ()     # what it must leave under OUT: "PATTERN" (at least one) or "PATTERN=COUNT"
+    says: str = ""                  # text its output must hold
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 90
+    check: Callable[[Path], str] | None = None  # a further check of OUT: the problem, or ""
+
+
+def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
+    """The check's steps in order, at `prof`'s sizes, writing under `out`."""
+    data, runs, dev, workers = out / "data", out / "runs", ["--device", prof.device], ["--workers", prof.workers]
+    common, long_s = ["--data-root", str(data), *dev, *workers], 3 * prof.step_s
+    launch = (python, "benchmarks/launch.py", "--compile-backend", prof.compile_backend)
+    torchrun = (python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                "benchmarks/launch.py", "--ddp")
+    backend = "nccl" if prof.device == "cuda" else "gloo"
+
+    def pretrain(name: str, what: str, *flags: str, model: tuple[str, ...] = prof.p1, head: tuple[str, ...] = (),
+                 says: str = "", timeout_s: float = prof.step_s) -> Step:
+        return Step(name, what, [*(head or [python]), "p1_pretrain.py", *common, *model, *prof.head, "--epochs", "1",
+                                 "--max-steps", "2", "--out", str(runs / name), *flags],
+                    needs=("data/p1_data",), makes=(f"runs/{name}/last.pt", f"runs/{name}/backbone_last.pt"),
+                    says=says, timeout_s=timeout_s)
+
+    def finetune(setting: str) -> Step:
+        return Step(f"finetune_{setting}", f"fine-tuning {setting} from the BYOL backbone: first, last and best.pt",
+                    [python, "p1_finetune.py", *common, *prof.p1, "--setting", setting, "--epochs", "2",
+                     "--backbone", str(runs / "pretrain_gpu_aug" / "backbone_last.pt"),
+                     "--results", str(runs / "p1_results.csv"), "--out", str(runs / f"finetune_{setting}")],
+                    needs=("runs/pretrain_gpu_aug/backbone_last.pt",),
+                    makes=tuple(f"runs/finetune_{setting}/{f}.pt" for f in ("first", "last", "best")),
+                    timeout_s=prof.step_s)
+
+    def segment(name: str, script: str, model: tuple[str, ...]) -> Step:
+        return Step(name, f"{script}: 2 steps, validation mIoU, last and best.pt",
+                    [python, script, *common, *model, "--epochs", "1", "--max-steps", "2",
+                     "--results", str(runs / "p2_results.csv"), "--out", str(runs / name)],
+                    needs=("data/p2_data",), makes=(f"runs/{name}/last.pt", f"runs/{name}/best.pt"),
+                    timeout_s=prof.step_s)
+
+    def bench(name: str, sections: tuple[str, ...]) -> Step:
+        return Step(name, f"bench.py --sections {' '.join(sections)}",
+                    [python, "bench.py", *prof.bench, "--out", str(out / name), "--sections", *sections],
+                    makes=(f"{name}/bench.json",), timeout_s=long_s, check=lambda o: bench_problem(o / name))
+
+    resume, office = runs / "resume", data / "p1_data" / "office"
+    # --cpu: the resumed half takes the GPU's code path on the CPU (bf16 autocast, channels_last parameters)
+    resumed_as = ["--precision", "bf16"] if prof.device == "cpu" else []
+    timed_model = f"{prof.timed_model[0]} at {prof.timed_model[1]} px"
+    return [
+        Step("prepare", "the device and packages; tiny sample data; images and a checkpoint for the timed hw1_2.sh",
+             [python, "-m", "benchmarks.gpu_check", "prepare", str(out), *dev, "--timed-images",
+              str(prof.timed_images), "--timed-px", str(prof.timed_px), "--timed-arch", prof.timed_model[0],
+              "--timed-size", str(prof.timed_model[1])],
+             makes=("env.json", "data/p1_data", "data/p2_data", "timed/p2_random.pt",
+                    f"timed/images/*_sat.jpg={prof.timed_images}"), timeout_s=prof.step_s),
+        pretrain("pretrain_gpu_aug", "BYOL, views batched on the device (--gpu-aug), kNN monitor", "--gpu-aug"),
+        pretrain("pretrain_cpu_aug", "BYOL, views per image in the loader workers (--no-gpu-aug)", "--no-gpu-aug"),
+        pretrain("pretrain_compile", f"BYOL with --compile ({prof.compile_backend})", "--gpu-aug", "--compile",
+                 model=prof.compiled, head=launch, timeout_s=long_s),
+        pretrain("pretrain_fp16", "BYOL with --precision fp16 (gradient scaler)", "--gpu-aug", "--precision", "fp16"),
+        Step("resume_write_cpu", "a last.pt written on the CPU, stopped after 2 of 12 steps",
+             [python, "p1_pretrain.py", "--data-root", str(data), "--device", "cpu", *workers, *prof.small,
+              *prof.head, "--gpu-aug", "--epochs", "2", "--max-steps", "2", "--out", str(resume)],
+             needs=("data/p1_data",), makes=("runs/resume/last.pt",), timeout_s=prof.step_s),
+        Step("resume_on_device", "that last.pt resumed " + ("on CUDA" if prof.device == "cuda" else
+                                                             "in the GPU's code path (bf16, channels_last)"),
+             [python, "p1_pretrain.py", *common, *prof.small, *prof.head, "--gpu-aug", *resumed_as,
+              "--epochs", "2", "--max-steps", "4", "--out", str(resume), "--resume"],
+             needs=("runs/resume/last.pt",), makes=("runs/resume/backbone_last.pt",), says="resumed from",
+             timeout_s=prof.step_s),
+        finetune("C"),
+        finetune("E"),
+        Step("tsne", "t-SNE of fine-tuning C's first and last epoch",
+             [python, "p1_tsne.py", *common, "--checkpoints", str(runs / "finetune_C" / "first.pt"),
+              str(runs / "finetune_C" / "last.pt"), "--perplexity", "5", "--out", str(runs / "tsne")],
+             needs=("runs/finetune_C/first.pt", "runs/finetune_C/last.pt"), makes=("runs/tsne/tsne_scores.json",),
+             timeout_s=prof.step_s),
+        segment("seg_fcn32s", "p2_train_fcn32.py", prof.fcn32s),
+        segment("seg_deeplab", "p2_train_deeplab.py", prof.deeplab),
+        Step("hw1_1", "hw1_1.sh on Office-Home val with fine-tuning C's best.pt",
+             ["bash", "hw1_1.sh", str(office / "val.csv"), str(office / "val"), str(runs / "hw1_1" / "pred.csv")],
+             env={"P1_CHECKPOINT": str(runs / "finetune_C" / "best.pt")},
+             needs=("runs/finetune_C/best.pt",), makes=("runs/hw1_1/pred.csv",), timeout_s=prof.step_s),
+        Step("hw1_2", "hw1_2.sh on the validation images with the DeepLabV3 run's best.pt",
+             ["bash", "hw1_2.sh", str(data / "p2_data" / "validation"), str(runs / "hw1_2")],
+             env={"P2_CHECKPOINT": str(runs / "seg_deeplab" / "best.pt")},
+             needs=("runs/seg_deeplab/best.pt",), makes=("runs/hw1_2/*_mask.png=6",), timeout_s=prof.step_s),
+        pretrain("torchrun_ddp", f"torchrun --nproc_per_node 1 pre-training as a one-rank DDP run ({backend})",
+                 "--gpu-aug", model=prof.small, head=torchrun, says=f"backend {backend}"),
+        Step("hw1_2_timed", f"hw1_2.sh on {prof.timed_images} images of {prof.timed_px} px, {timed_model}, timed",
+             ["bash", "hw1_2.sh", str(out / "timed" / "images"), str(runs / "hw1_2_timed")],
+             env={"P2_CHECKPOINT": str(out / "timed" / "p2_random.pt")}, needs=("timed/p2_random.pt",),
+             makes=(f"runs/hw1_2_timed/*_mask.png={prof.timed_images}",), timeout_s=prof.step_s),
+        bench("bench_p1", BENCH_P1),
+        bench("bench_p2", BENCH_P2),
+        # last: the scripts above again, at tiny sizes (the least news per second when the budget runs short)
+        Step("reproduce_tiny", "reproduce.py --preset tiny: every stage, the report",
+             [python, "reproduce.py", "--preset", "tiny", *dev, "--in-process", "--data-root",
+              str(out / "reproduce" / "data"), "--runs", str(out / "reproduce" / "runs"),
+              "--report", str(out / "reproduce" / "report")],
+             makes=("reproduce/report/REPORT.md", "reproduce/report/results.json"), timeout_s=long_s),
+    ]
+
+
+def bench_problem(folder: Path) -> str:
+    """A bench.json's failed sections as one line ("" when none failed)."""
+    rows = json.loads((folder / "bench.json").read_text())["rows"]
+    return "; ".join(f"{r['row']} {r['error']}" for r in rows if r.get("error"))
+
+
+# ---------------------------------------------------------------- the first step (in its own process, as the others)
+
+
+def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch: str, timed_size: int) -> None:
+    """The device line and packages (OUT/env.json), the tiny sample data (OUT/data), and for the timed hw1_2.sh
+    `timed_images` satellite images of `timed_px` (distinct images, repeated) and a random-weight checkpoint."""
+    from hw1 import checkpoint
+    from hw1.sample_data import write_sample_data
+    from hw1.seg_data import NUM_CLASSES, write_p2_sample
+    from hw1.seg_models import build_seg_model
+
+    env = environment(device)
+    io.write_json(out / "env.json", env)
+    print(f"device: {env['device']}\n{env['software']}", flush=True)
+    write_sample_data(out / "data", preset="tiny")
+    timed = out / "timed"
+    p2 = out / "data" / "p2_data" if timed_px == 64 else write_p2_sample(timed / "source", "sample")  # tiny: 64 px
+    sources = sorted(p2.glob("*/*_sat.jpg"))
+    images = io.ensure_dir(timed / "images")
+    for i in range(timed_images):
+        shutil.copyfile(sources[i % len(sources)], images / f"{i:04d}_sat.jpg")
+    meta = {"task": "segment", "arch": timed_arch, "num_classes": NUM_CLASSES, "image_size": timed_size,
+            "weights": "none", "aux": False}
+    checkpoint.save_checkpoint(timed / "p2_random.pt", {"model": build_seg_model(timed_arch, "none").state_dict(),
+                                                        "meta": meta})
+    if env["missing"]:
+        raise UserError("gpu_check", f"{', '.join(env['missing'])} cannot be imported: the steps that need it fail",
+                        "install it, or carry its wheel to the device machine (benchmarks/gpu_check.sh's header)")
+
+
+def environment(device: str) -> dict:
+    """Where the check ran: the device line, the software, the packages it needs and which are missing."""
+    import importlib
+    import importlib.metadata
+
+    import torch
+
+    versions, absent = {}, []
+    for module, package in (("torchvision", "torchvision"), ("byol_pytorch", "byol-pytorch"),
+                            ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm"),
+                            ("kornia", "kornia")):
+        try:
+            importlib.import_module(module)
+            versions[package] = importlib.metadata.version(package)
+        except ImportError:
+            absent += [] if module == "kornia" else [package]  # kornia: bench.py leaves its row out
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        smi = shutil.which("nvidia-smi")
+        driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                text=True).stdout.strip().splitlines()[:1] if smi else []
+        line = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
+                f"{', driver ' + driver[0] if driver else ''}")
+    else:
+        line = f"CPU ({platform.machine()}), load average {os.getloadavg()[0]:.1f}"
+    software = (f"torch {torch.__version__} (CUDA {torch.version.cuda}), Python {platform.python_version()}, "
+                f"{os.cpu_count()} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return {"device": line, "software": software, "missing": absent}
