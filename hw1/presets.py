@@ -10,7 +10,7 @@ PRESETS: dict[str, dict] = {
     "full": {
         "description": "The reference recipe (SPEC §5) on the course data: ResNet50 BYOL for 1000 epochs, fine-tuning "
                        "A–E and the control E0 for 500 epochs, VGG16-FCN32s and DeepLabV3-ResNet101 at 512 px from "
-                       "torchvision's pretrained weights (README, \"Presets\").",
+                       "torchvision's pretrained weights (docs/presets.md).",
         "sample_data": None, "workers": None,
         "byol": [], "supervised": ["--epochs", "100"], "finetune": [], "probe": [], "tsne": [],
         "fcn32s": [], "deeplabv3": [],
@@ -18,7 +18,7 @@ PRESETS: dict[str, dict] = {
     "sample": {
         "description": "The sample preset: ResNet18 at 32 px on synthetic data in the course layout (classes by shape "
                        "and fill pattern, never colour), tens to hundreds of steps, both segmentation models from "
-                       "random weights; a few minutes on two CPU cores (README, \"Presets\"). Absolute numbers are "
+                       "random weights; a few minutes on two CPU cores (docs/presets.md). Absolute numbers are "
                        "far below the reference; the Findings say which of the homework's comparisons this small run "
                        "shows.",
         "sample_data": "sample", "workers": "1",
@@ -44,20 +44,21 @@ PRESETS: dict[str, dict] = {
         "description": "The Fashion-MNIST preset: Problem 1 on real photographs (Fashion-MNIST's 28 px grayscale "
                        "product photos, SPEC §10) laid out as the course's data by `hw1/fashion.py`: 10,000 unlabelled "
                        "training images to pre-train on, 50 labelled a class to fine-tune on, 100 a class from the "
-                       "test set to validate on; ResNet18 at 32 px on two CPU cores (README, \"Presets\"). Problem 2 "
+                       "test set to validate on; ResNet18 at 32 px on two CPU cores (docs/presets.md). Problem 2 "
                        "is left out: its only data here is synthetic (`--preset sample` runs it).",
         "sample_data": "fashion", "workers": "1", "problems": ("p1",),
         "data_note": "real photographs, Fashion-MNIST (SPEC §10), that `hw1/fashion.py` lays out in the course layout: "
                      "10 classes of clothing, 28 px grayscale",
         "classes_note": "One Office-Home-layout training image per class, classes 0–9 left to right: t-shirt/top, "
                         "trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot (Fashion-MNIST).",
-        # 468 steps; crops of at least 20% of a 28 px image (README, "Presets": what was tried)
+        # 468 steps; crops of at least 20% of a 28 px image (docs/presets.md: what was tried)
         "byol": ["--arch", "resnet18", "--image-size", "32", "--epochs", "3", "--batch-size", "64", "--lr", "1e-3",
                  "--warmup-steps", "10", "--projection-hidden-size", "1024", "--gpu-aug", "--eval-every", "1",
                  "--crop-min-scale", "0.2"],
         "supervised": ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "64",
                        "--lr", "2e-3", "--warmup-steps", "10"],
-        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "8", "--batch-size", "64", "--lr", "2e-3",
+        # 5e-4, not the sample's 2e-3: at 2e-3 B's first epoch erases what its frozen probe D shows (docs/presets.md)
+        "finetune": ["--arch", "resnet18", "--image-size", "32", "--epochs", "8", "--batch-size", "64", "--lr", "5e-4",
                      "--warmup-steps", "10"],
         "probe": ["--arch", "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-2",
                   "--warmup-steps", "10"],

@@ -148,7 +148,8 @@ def test_reproduce_without_the_files_says_so_before_any_stage(tmp_path, monkeypa
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(fashion, "DEBIAN_DIR", tmp_path / "no-debian")
     with pytest.raises(SystemExit) as exit_:
-        run_main(reproduce.main)(["--preset", "fashion", "--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "r")])
+        run_main(reproduce.main)(["--preset", "fashion", "--data-root", str(tmp_path / "data"),
+                                  "--runs", str(tmp_path / "r")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset-fashion-mnist" in err[0]
