@@ -154,3 +154,18 @@ def test_reproduce_without_the_files_says_so_before_any_stage(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset-fashion-mnist" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_ssl_side_by_side_says_where_a_curve_crosses(tmp_path):
+    """benchmarks/ssl.py's verdict and table: the first evaluation above the random start, or none."""
+    from benchmarks import ssl
+
+    below = [{"step": 0, "knn_acc": 0.70}, {"step": 25, "knn_acc": 0.60}, {"step": 50, "knn_acc": 0.70}]
+    above = below[:2] + [{"step": 50, "knn_acc": 0.71, "images_per_s": 20.0}, {"step": 75, "knn_acc": 0.72}]
+    assert ssl.crossing(below) is None and ssl.crossing(above) == 50
+    args = argparse.Namespace(steps=75)
+    table = ssl.markdown([{"pipeline": "ours", "curve": above, "crosses_at": 50},
+                          {"pipeline": "ref", "curve": below + [{"step": 75, "knn_acc": 0.6}], "crosses_at": None}],
+                         args)
+    assert "| ours | 0.700 | 0.600 | 0.710 | 0.720 | 20.0 | step 50 |" in table
+    assert "| ref |" in table and "no, within 75 steps" in table
