@@ -11,13 +11,14 @@ code generation takes minutes on two cores).
 """
 from __future__ import annotations
 
-import functools
-import runpy
+import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The repository, in place of this script's folder: benchmarks/ssl.py would shadow the standard library's ssl.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import functools  # noqa: E402
+import runpy  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as torch_dist  # noqa: E402

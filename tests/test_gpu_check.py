@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -237,3 +238,10 @@ def test_the_checkout_holds_the_empty_block() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert text.count(gpu_report.BEGIN) == 1 == text.count(gpu_report.END)
     assert text.index(gpu_report.BEGIN) < text.index(gpu_report.END)
+
+
+def test_launch_hands_the_script_its_arguments_with_the_repository_first_on_the_path() -> None:
+    """benchmarks/ must not be on the path: its ssl.py would shadow the standard library's (torch imports it)."""
+    proc = subprocess.run([sys.executable, "benchmarks/launch.py", "--ddp", "--compile-backend", "eager", "mean_iou.py",
+                           "--help"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: mean_iou.py"), proc.stderr[-2000:]
