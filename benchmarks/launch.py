@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-# The repository, in place of this script's folder: benchmarks/ssl.py would shadow the standard library's ssl.
+# The repository, in place of this script's folder: a module there could shadow the standard library
+# (benchmarks/ssl.py once did).
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import functools  # noqa: E402

@@ -157,8 +157,8 @@ def test_reproduce_without_the_files_says_so_before_any_stage(tmp_path, monkeypa
 
 
 def test_ssl_side_by_side_says_where_a_curve_crosses(tmp_path):
-    """benchmarks/ssl.py's verdict and table: the first evaluation above the random start, or none."""
-    from benchmarks import ssl
+    """benchmarks/ssl_bench.py's verdict and table: the first evaluation above the random start, or none."""
+    from benchmarks import ssl_bench as ssl
 
     below = [{"step": 0, "knn_acc": 0.70}, {"step": 25, "knn_acc": 0.60}, {"step": 50, "knn_acc": 0.70}]
     above = below[:2] + [{"step": 50, "knn_acc": 0.71, "images_per_s": 20.0}, {"step": 75, "knn_acc": 0.72}]

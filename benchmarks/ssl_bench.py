@@ -7,7 +7,7 @@ every --eval-every steps, with the training images/s between evaluations. Writes
 OUT/ssl.png (kNN against steps and against seconds), and says where each curve crosses its random initialisation.
 
     python -m hw1.fashion --out sample_data/fashion
-    python -m benchmarks.ssl --data-root sample_data/fashion --out runs/ssl
+    python -m benchmarks.ssl_bench --data-root sample_data/fashion --out runs/ssl
 """
 from __future__ import annotations
 
