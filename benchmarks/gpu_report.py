@@ -40,8 +40,8 @@ def render(summary: dict, out: Path) -> str:
     for name, title in BENCH_TITLES.items():
         path = out / name / "bench.json"
         if results.get(name, {}).get("status") in ("ok", "failed") and path.is_file():
-            body = markdown(json.loads(path.read_text())).splitlines()
-            lines += ["", f"#### {title}", ""] + [ln for ln in body[1:] if not ln.startswith("config: ")]
+            body = markdown(json.loads(path.read_text())).split("\n", 1)[1].strip("\n")  # less its title
+            lines += ["", f"#### {title}", ""] + [ln for ln in body.splitlines() if not ln.startswith("config: ")]
     timed = results.get("hw1_2_timed")
     if timed and timed["status"] == "ok":
         lines += ["", f"#### {summary['timed']}", "",
