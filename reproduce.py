@@ -177,20 +177,25 @@ def machine() -> str:
             f"over the last 15 minutes {os.getloadavg()[2]:.1f})")
 
 
+def check_inputs(args: argparse.Namespace, preset: dict) -> None:
+    """What the stages read and nothing writes: missing, it is one error line before any stage runs."""
+    if preset["sample_data"] is None and not (Path(args.data_root) / "p1_data").is_dir():
+        raise UserError(args.data_root, "course data not found (no p1_data/)",
+                        "pass --data-root with the course's hw1_data, or use --preset sample")
+    if preset["sample_data"] == "fashion" and not args.report_only:
+        fashion.find_dir(Path(args.data_root))  # no idx files: one line with both ways to get them
+    if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
+        raise UserError(args.sam_checkpoint, "SAM checkpoint not found",
+                        "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) "
+                        "and pass its path")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     preset = PRESETS[args.preset]
     args.data_root = args.data_root or ("hw1_data" if preset["sample_data"] is None else f"sample_data/{args.preset}")
     layout = Layout(Path(args.runs or f"runs/{args.preset}"))
-    if preset["sample_data"] is None and not (Path(args.data_root) / "p1_data").is_dir():
-        raise UserError(args.data_root, "course data not found (no p1_data/)",
-                        "pass --data-root with the course's hw1_data, or use --preset sample")
-    if preset["sample_data"] == "fashion" and not args.report_only:
-        fashion.find_dir(Path(args.data_root))  # no idx files: one line with both ways to get them, before any stage
-    if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
-        raise UserError(args.sam_checkpoint, "SAM checkpoint not found",
-                        "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) "
-                        "and pass its path")
+    check_inputs(args, preset)
     if args.force and layout.runs.exists() and not args.report_only:
         print(f"--force: removing {layout.runs} to start from scratch")
         shutil.rmtree(layout.runs)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw1 import cache, distributed, io, optim
+from hw1 import cache, data, distributed, io, optim
 from hw1.errors import run_main
 from hw1.pretraining import KnnMonitor, PretrainConfig, Pretraining
 
@@ -59,15 +59,9 @@ def _pretraining(args: argparse.Namespace, gpu_aug: bool, world: distributed.Wor
         "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
         "--seed", str(args.seed), "--projection-hidden-size", str(args.projection_hidden_size), "--no-cache",
         "--gpu-aug" if gpu_aug else "--no-gpu-aug", "--precision", "fp32",
-        "--epochs", str(1 + args.steps * args.batch_size // max(1, len(_mini(args)))),
+        "--epochs", str(1 + args.steps * args.batch_size // max(1, len(data.mini_paths(args.data_root)))),
     ])
     return Pretraining(PretrainConfig.from_args(flags), cache.CacheConfig.from_args(flags), world, device)
-
-
-def _mini(args: argparse.Namespace) -> list:
-    from hw1 import data
-
-    return data.mini_paths(args.data_root)
 
 
 class ByolPytorchReadme:

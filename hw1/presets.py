@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import fashion
+
 # Per preset: the sample data to write (None: use the course data; "fashion": Fashion-MNIST, hw1/fashion.py), the
 # problems it runs (default both), then extra flags per stage.
 # Everything not named here is the script's default, i.e. the reference recipe.
@@ -49,8 +51,8 @@ PRESETS: dict[str, dict] = {
         "sample_data": "fashion", "workers": "1", "problems": ("p1",),
         "data_note": "real photographs, Fashion-MNIST (SPEC §10), that `hw1/fashion.py` lays out in the course layout: "
                      "10 classes of clothing, 28 px grayscale",
-        "classes_note": "One Office-Home-layout training image per class, classes 0–9 left to right: t-shirt/top, "
-                        "trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot (Fashion-MNIST).",
+        "classes_note": "One Office-Home-layout training image per class, classes 0–9 left to right: "
+                        + ", ".join(fashion.CLASSES) + " (Fashion-MNIST).",
         # 468 steps; crops of at least 20% of a 28 px image (docs/presets.md: what was tried)
         "byol": ["--arch", "resnet18", "--image-size", "32", "--epochs", "3", "--batch-size", "64", "--lr", "1e-3",
                  "--warmup-steps", "10", "--projection-hidden-size", "1024", "--gpu-aug", "--eval-every", "1",

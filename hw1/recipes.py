@@ -43,9 +43,10 @@ _BYOL = dict(scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_
 # BYOL's two view distributions (Grill et al. 2020, Table 6): they differ in blur and solarize.
 BYOL_VIEWS = (ViewRecipe(**_BYOL, blur_p=1.0), ViewRecipe(**_BYOL, blur_p=0.1, solarize_p=0.2))
 
+# Fine-tuning: a milder crop and jitter, nothing else.
+FINETUNE_VIEW = ViewRecipe(scale=(0.5, 1.0), jitter=(0.2, 0.2, 0.2, 0.0))
+
 
 def byol_views(crop_min_scale: float = BYOL_VIEWS[0].scale[0]) -> tuple[ViewRecipe, ViewRecipe]:
     """BYOL's two views with the crop's smallest area set (`p1_pretrain.py --crop-min-scale`)."""
     return tuple(dataclasses.replace(v, scale=(crop_min_scale, v.scale[1])) for v in BYOL_VIEWS)  # type: ignore
-# Fine-tuning: a milder crop and jitter, nothing else.
-FINETUNE_VIEW = ViewRecipe(scale=(0.5, 1.0), jitter=(0.2, 0.2, 0.2, 0.0))
