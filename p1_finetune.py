@@ -8,9 +8,11 @@
   E0  control for E: the same linear probe on a frozen, randomly initialised backbone (what pre-training adds)
 
 Writes OUT/{first,last,best}.pt, OUT/log.csv (loss, train acc, val acc per epoch) and appends the
-final validation accuracy to --results.
+final validation accuracy to --results. --recipe strong adds what helped on real images (docs/recipes.md);
+each of its pieces has a flag of its own.
 
     python p1_finetune.py --setting C --backbone runs/pretrain/backbone_last.pt --out runs/finetune_C
+    python p1_finetune.py --setting E --recipe strong --out runs/finetune_E_strong
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import cache, data, distributed, engine, gpu_aug, io, loading, precision, train_config
+from hw1 import (cache, data, distributed, engine, finetune_recipe, gpu_aug, io, loading, precision,
+                 train_config)
 from hw1.errors import UserError, run_main
-from hw1.models import ARCHS, Classifier, load_backbone_into
+from hw1.models import ARCHS, MLP_HIDDEN, Classifier, load_backbone_into
 from hw1.recipes import FINETUNE_VIEW
 from hw1.settings import SETTINGS
 
@@ -53,12 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="append the final accuracy here (default: %(default)s)")
     gpu_aug.add_arg(parser, "the crop, flip and jitter of each training image")
     cache.add_cache_args(parser)
+    finetune_recipe.add_args(parser)
     return parser
 
 
-def build_classifier(args: argparse.Namespace) -> tuple[Classifier, str]:
+def build_classifier(args: argparse.Namespace, head: str) -> tuple[Classifier, str]:
     setting = SETTINGS[args.setting]
-    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=setting.frozen)
+    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=setting.frozen, head=head)
     if not setting.needs_backbone:
         if args.backbone:
             raise UserError("--backbone", f"setting {args.setting} starts from random initialisation",
@@ -73,18 +77,23 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     world, device = distributed.init_distributed(args.device)
     distributed.seed_everything(args.seed)
-    model, backbone = build_classifier(args)
+    setting = SETTINGS[args.setting]
+    recipe = finetune_recipe.from_args(args, setting.frozen, pretrained=setting.needs_backbone)
+    model, backbone = build_classifier(args, recipe.head)
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
+    ema = finetune_recipe.ema_model(model, recipe.ema_decay) if recipe.ema_decay else None
 
     caching = cache.CacheConfig.from_args(args)
-    train_transform = data.classify_train_transform(args.image_size)
+    trivial = recipe.augment == "trivialaugment"
+    train_transform = data.classify_train_transform(args.image_size, trivial_augment=trivial)
     train_set = data.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
     augment, before_step = None, None
     if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
         train_set = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
-        augment = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
-        before_step = functools.partial(augment.reseed, args.seed, world.rank)
+        view = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
+        augment = (lambda images: view(finetune_recipe.trivial_augment_batch(images))) if trivial else view
+        before_step = functools.partial(view.reseed, args.seed, world.rank)
     else:
         train_set = cache.maybe_cached(caching, train_set, "office_train", world)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
@@ -94,9 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed,
                                      world=world, device=device)
 
+    mixer = finetune_recipe.batch_mixer(recipe.mix, data.NUM_OFFICE_CLASSES)
+
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
-        images, labels = batch
-        return F.cross_entropy(m(augment(images) if augment else images), labels)
+        images, targets = batch
+        images = augment(images) if augment else images
+        if mixer:  # soft targets: each image's share of two labels
+            images, targets = mixer(images, targets)
+        return F.cross_entropy(m(images), targets, label_smoothing=recipe.label_smoothing)
 
     def evaluate(m: torch.nn.Module, epoch: int) -> dict:
         """Validation accuracy, summed over ranks (each rank sees its share of the val set)."""
@@ -111,19 +125,22 @@ def main(argv: list[str] | None = None) -> None:
     task = engine.Task(
         model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True, before_step=before_step,
         meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
-              "image_size": args.image_size, "setting": args.setting, "backbone": backbone},
+              "image_size": args.image_size, "setting": args.setting, "backbone": backbone, "recipe": args.recipe,
+              "head": recipe.head, **({"head_hidden": MLP_HIDDEN} if recipe.head == "mlp" else {})},
+        lr_scale=lambda name: 1.0 if Classifier.is_head(name) else recipe.backbone_lr_scale, ema=ema,
     )
     if world.is_main:
         frozen = "backbone frozen" if model.frozen else "full model"
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / "
-              f"{len(val_set)} val images, {device}")
+              f"{len(val_set)} val images, {device}; recipe {args.recipe}: {recipe}")
     history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("val_acc", float("nan"))
         best = max(r.get("val_acc", 0.0) for r in history)
         print(f"setting {args.setting}: final val acc {final:.4f} (best {best:.4f}) — checkpoints in {args.out}")
         io.append_csv_row(args.results, {
-            "setting": args.setting, "arch": args.arch, "backbone": backbone, "val_acc": final, "best_val_acc": best,
+            "setting": args.setting, "arch": args.arch, "backbone": backbone, "recipe": args.recipe,
+            "head": recipe.head, "val_acc": final, "best_val_acc": best,
             "epochs": history[-1]["epoch"], "steps": history[-1]["step"], "out": str(Path(args.out)),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })

@@ -18,7 +18,7 @@ import torch
 
 from hw1 import checkpoint, data, distributed, io, loading, precision
 from hw1.errors import UserError, run_main
-from hw1.models import ARCHS, Classifier, guess_arch
+from hw1.models import ARCHS, Classifier, classifier_from_meta, guess_arch
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_classifier.pt"
 
@@ -75,7 +75,7 @@ def load_classifier(path: Path, device: torch.device,
     if num_classes != data.NUM_OFFICE_CLASSES:
         raise UserError(path, f"classifier predicts {num_classes} classes, Office-Home has {data.NUM_OFFICE_CLASSES}",
                         "pass an Office-Home classifier")
-    model = Classifier(arch, num_classes)
+    model = classifier_from_meta(meta, path)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from hw1 import checkpoint, data, distributed, io, loading, precision, viz
 from hw1.errors import UserError, run_main
 from hw1.metrics import knn_accuracy
-from hw1.models import Classifier
+from hw1.models import Classifier, classifier_from_meta
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def load_classifier(path: str, device: torch.device,
     if "arch" not in meta or "model" not in ckpt:
         raise UserError(path, "not a classifier checkpoint (no meta.arch / model)",
                         "pass a checkpoint of p1_finetune.py")
-    model = Classifier(meta["arch"], meta.get("num_classes", data.NUM_OFFICE_CLASSES))
+    model = classifier_from_meta({"num_classes": data.NUM_OFFICE_CLASSES, **meta}, path)
     model.load_state_dict(ckpt["model"])
     return model.to(device, memory_format=memory_format).eval(), meta, int(ckpt.get("epoch", 0))
 

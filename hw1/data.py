@@ -172,10 +172,13 @@ def normalize() -> T.Normalize:
     return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
-def classify_train_transform(size: int, recipe: ViewRecipe = FINETUNE_VIEW) -> T.Compose:
-    """Fine-tuning augmentation (the recipe's crop, flip, colour jitter), one image per call."""
+def classify_train_transform(size: int, recipe: ViewRecipe = FINETUNE_VIEW, trivial_augment: bool = False
+                              ) -> T.Compose:
+    """Fine-tuning augmentation (the recipe's crop, flip, colour jitter; TrivialAugmentWide first when asked),
+    one image per call."""
     return T.Compose([
-        T.PILToTensor(), T.RandomResizedCrop(size, scale=recipe.scale, ratio=recipe.ratio, antialias=True),
+        T.PILToTensor(), *([T.TrivialAugmentWide()] if trivial_augment else []),
+        T.RandomResizedCrop(size, scale=recipe.scale, ratio=recipe.ratio, antialias=True),
         T.RandomHorizontalFlip(), T.ColorJitter(*recipe.jitter), T.ToDtype(torch.float32, scale=True), normalize(),
     ])
 

@@ -40,6 +40,13 @@ class Task:
     keep_first: bool = False                                    # also write `first.pt` (and `last.pt`) after epoch 0
     keep_best: bool = True                                      # write `best.pt` when the monitor improves
     evaluate_at_start: bool = False                             # also evaluate the initial model (epoch 0 in log.csv)
+    lr_scale: Callable[[str], float] | None = None              # parameter name → its fraction of the lr
+    ema: nn.Module | None = None    # an AveragedModel of `model`, updated each step: evaluated and kept as best.pt
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model the monitor scores and `best.pt` keeps: the EMA of the weights when the run has one."""
+        return self.ema.module if self.ema is not None else self.model  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- the training loop
@@ -60,8 +67,10 @@ def fit(cfg: TrainConfig, task: Task, loader: DataLoader, world: World, device: 
         raise UserError(cfg.flags.get("data_root", "--data-root"), "no training batches (the training set is empty)",
                         "check --data-root")
     prec = precision.resolve(cfg.precision, device)
-    state = train_state.fresh(task.model, cfg, steps_per_epoch, prec, device, verbose=world.is_main)
-    start_epoch, start_batch = train_state.resume(state, task.model, task.meta, cfg, world) if cfg.resume else (0, 0)
+    state = train_state.fresh(task.model, cfg, steps_per_epoch, prec, device, verbose=world.is_main,
+                              lr_scale=task.lr_scale)
+    start_epoch, start_batch = (train_state.resume(state, task.model, task.meta, cfg, world, task.ema) if cfg.resume
+                                else (0, 0))
     train_model = _wrap(task.model, cfg, world, device)
     history: list[dict] = []
     if task.evaluate and task.evaluate_at_start and state.step == 0:  # the baseline a run's progress is measured from
@@ -119,6 +128,8 @@ def train_one_epoch(train_model: nn.Module, task: Task, loader: DataLoader, stat
         state.scaler.step(state.optimizer)  # fp16: skipped while the scaled gradients hold inf/NaN
         state.scaler.update()
         _advance_schedule(state)
+        if task.ema is not None:
+            task.ema.update_parameters(task.model)  # type: ignore[operator]
         if task.after_step:
             task.after_step(state.step)
         state.step += 1
@@ -140,7 +151,8 @@ def train_one_epoch(train_model: nn.Module, task: Task, loader: DataLoader, stat
     if stop_now and not finished:
         stopping.raise_if_nonfinite(task.model, state.step, cfg.out)
         if world.is_main:
-            _write_last(state, cfg, train_state.as_checkpoint(state, task.model, task.meta, cfg, epoch, next_batch))
+            _write_last(state, cfg, train_state.as_checkpoint(state, task.model, task.meta, cfg, epoch, next_batch,
+                                                                  task.ema))
             print(f"saved {cfg.out / 'last.pt'} (epoch {epoch + 1}, batch {next_batch}); resume with --resume")
         stopping.exit_stopped()
     mean_loss = all_reduce_sum(loss_sum.clone()).item() / max(1, n_steps * world.size)  # a sync: the steps are done
@@ -197,9 +209,9 @@ def _end_epoch(task: Task, state: TrainState, cfg: TrainConfig, prec: Precision,
 
 def _evaluate(task: Task, prec: Precision, epoch: int) -> dict:
     """The task's metrics, in eval mode and under the run's autocast (epoch -1: before the first step)."""
-    task.model.eval()
+    task.evaluated.eval()
     with torch.no_grad(), prec.autocast():
-        return task.evaluate(task.model, epoch)  # type: ignore[misc]
+        return task.evaluate(task.evaluated, epoch)  # type: ignore[misc]
 
 
 def _evaluate_initial(task: Task, prec: Precision, cfg: TrainConfig, world: World) -> dict:
@@ -223,7 +235,7 @@ def _save_due(task: Task, state: TrainState, cfg: TrainConfig, world: World, epo
         state.best = record[task.monitor]
         if task.keep_best and world.is_main:
             # a copy on the CPU: training goes on
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in task.model.state_dict().items()}
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in task.evaluated.state_dict().items()}
             state.unsaved_best = {"model": weights, "meta": task.meta, "epoch": epoch + 1, "best": state.best,
                                   "args": cfg.flags}
     first = task.keep_first and epoch == 0
@@ -232,7 +244,7 @@ def _save_due(task: Task, state: TrainState, cfg: TrainConfig, world: World, epo
     if not world.is_main or not due:
         return
     ckpt = train_state.as_checkpoint(state, task.model, task.meta, cfg, epoch + 1 if done.finished else epoch,
-                                     0 if done.finished else done.next_batch)
+                                     0 if done.finished else done.next_batch, task.ema)
     _write_last(state, cfg, ckpt)
     if first:
         checkpoint.save_checkpoint(cfg.out / "first.pt", ckpt)

@@ -80,13 +80,28 @@ def pooled_features(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Te
     return torch.flatten(net.avgpool(x), 1)
 
 
-class Classifier(nn.Module):
-    """A ResNet whose `fc` predicts `num_classes`; `frozen` keeps the backbone fixed and in eval mode."""
+MLP_HIDDEN = 4096  # the BN-MLP head's width (the best published E, SPEC §5)
 
-    def __init__(self, arch: str, num_classes: int, frozen: bool = False) -> None:
+
+def mlp_head(in_features: int, num_classes: int, hidden: int = MLP_HIDDEN) -> nn.Sequential:
+    """Linear → BatchNorm1d → ReLU → Linear: the deeper classifier of `--head mlp`."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, num_classes))
+
+
+class Classifier(nn.Module):
+    """A ResNet whose `fc` predicts `num_classes` (one Linear, or `head="mlp"`: `mlp_head`); `frozen` keeps the
+    backbone fixed and in eval mode."""
+
+    def __init__(self, arch: str, num_classes: int, frozen: bool = False, head: str = "linear",
+                 hidden: int = MLP_HIDDEN) -> None:
         super().__init__()
-        self.arch, self.frozen = arch, frozen
+        self.arch, self.frozen, self.head = arch, frozen, head
         self.net = build_resnet(arch, num_classes)
+        if head == "mlp":
+            self.net.fc = mlp_head(FEATURE_DIM[arch], num_classes, hidden)
+        elif head != "linear":
+            raise UserError("--head", f"unknown classifier head {head!r}", "use linear or mlp")
         if frozen:
             for name, p in self.net.named_parameters():
                 p.requires_grad = name.startswith("fc.")
@@ -99,12 +114,27 @@ class Classifier(nn.Module):
                     module.eval()
         return self
 
+    @staticmethod
+    def is_head(name: str) -> bool:
+        """Whether a parameter (named as in `named_parameters()`) belongs to the classifier, not the backbone."""
+        return name.startswith("net.fc.")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The second-last layer: the pooled feature before `fc` (2048-d for resnet50)."""
         return pooled_features(self.net, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def classifier_from_meta(meta: dict, path: str | os.PathLike) -> Classifier:
+    """The classifier a p1_finetune.py checkpoint's meta names, its head included (a checkpoint from before
+    `--head` has a linear one)."""
+    head, hidden = meta.get("head", "linear"), meta.get("head_hidden", MLP_HIDDEN)
+    if head not in ("linear", "mlp") or not isinstance(hidden, int):
+        raise UserError(path, f"classifier meta names head={head!r}, head_hidden={hidden!r}",
+                        "expected head linear or mlp and an integer width; re-export the checkpoint")
+    return Classifier(meta["arch"], meta["num_classes"], head=head, hidden=hidden)
 
 
 def describe_model(model: nn.Module) -> str:

@@ -3,19 +3,25 @@ the current flags."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 
 def build_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float, betas: tuple[float, float],
-                    fused: bool) -> torch.optim.Optimizer:
-    """AdamW (fused: CUDA); weight decay skips biases and norm weights (1-D tensors)."""
-    decay = [p for p in params if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in params if p.requires_grad and p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), fused=fused)
+                    fused: bool, lr_scales: Sequence[float] | None = None) -> torch.optim.Optimizer:
+    """AdamW (fused: CUDA); weight decay skips biases and norm weights (1-D tensors). `lr_scales`, one per
+    parameter, gives each its fraction of `lr` (a pre-trained backbone's lower rate); a group records it."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for scale in dict.fromkeys(lr_scales or [1.0]):  # in order of appearance; per scale: decayed, then not
+        groups[(scale, True)], groups[(scale, False)] = [], []
+    for p, scale in zip(params, lr_scales or [1.0] * len(params)):
+        if p.requires_grad:
+            groups[(scale, p.dim() > 1)].append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale,
+                               "lr_scale": scale} for (scale, decay), ps in groups.items() if ps],
+                             lr=lr, betas=tuple(betas), fused=fused)
 
 
 def warmup_cosine_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -40,19 +46,19 @@ def schedule_lengths(warmup_steps: int, total: int, verbose: bool = True) -> tup
     return warmup, total
 
 
-
-
 def restore(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, ckpt: dict,
             lr: float) -> None:
-    """Load a checkpoint's optimiser and schedule state, keeping this run's betas and weight decay and `lr`."""
-    flags = [(g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
+    """Load a checkpoint's optimiser and schedule state, keeping this run's betas, weight decay and `lr` (times
+    each group's `lr_scale`)."""
+    flags = [(g["betas"], g["weight_decay"], g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
     match_parameter_layouts(optimizer)
     scheduler.load_state_dict(ckpt["lr_scheduler"])
     # The saved optimiser holds the old lr, betas and weight decay: the current flags apply from here on.
-    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    for group, (betas, weight_decay), factor in zip(optimizer.param_groups, flags, scheduler.lr_lambdas):
-        group.update(betas=betas, weight_decay=weight_decay, initial_lr=lr, lr=lr * factor(scheduler.last_epoch))
+    for group, (betas, weight_decay, scale), factor in zip(optimizer.param_groups, flags, scheduler.lr_lambdas):
+        group.update(betas=betas, weight_decay=weight_decay, lr_scale=scale, initial_lr=lr * scale,
+                     lr=lr * scale * factor(scheduler.last_epoch))
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
 
 
 def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:

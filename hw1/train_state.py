@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,20 +31,22 @@ class TrainState:
 
 
 def fresh(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, prec: Precision, device: torch.device,
-          verbose: bool) -> TrainState:
-    """AdamW over the trainable parameters, the warm-up/cosine schedule over the run's steps, the precision's scaler."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optim.build_optimizer(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                      fused=device.type == "cuda")
+          verbose: bool, lr_scale: Callable[[str], float] | None = None) -> TrainState:
+    """AdamW over the trainable parameters (`lr_scale`: parameter name → its fraction of the lr), the warm-up/cosine
+    schedule over the run's steps, the precision's scaler."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = optim.build_optimizer([p for _, p in trainable], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      betas=cfg.betas, fused=device.type == "cuda",
+                                      lr_scales=[lr_scale(name) for name, _ in trainable] if lr_scale else None)
     warmup, total = optim.schedule_lengths(cfg.warmup_steps, steps_per_epoch * cfg.epochs, verbose=verbose)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.warmup_cosine_lambda(warmup, total))
     return TrainState(optimizer, scheduler, prec.grad_scaler())
 
 
 def as_checkpoint(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, epoch: int,
-                  batch_in_epoch: int) -> dict:
-    """What `last.pt` holds."""
-    return {
+                  batch_in_epoch: int, ema: nn.Module | None = None) -> dict:
+    """What `last.pt` holds (with the EMA of the weights when the run keeps one)."""
+    return {**({"ema": ema.state_dict()} if ema is not None else {}),
         "model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
         "lr_scheduler": state.scheduler.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "step": state.step, "best": state.best, "args": cfg.flags, "meta": meta, "rng": rng_state(),
@@ -52,7 +54,8 @@ def as_checkpoint(state: TrainState, model: nn.Module, meta: dict, cfg: TrainCon
     }
 
 
-def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, world: World) -> tuple[int, int]:
+def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, world: World,
+           ema: nn.Module | None = None) -> tuple[int, int]:
     """Load --resume's checkpoint into the model and `state`; returns the (epoch, batch in epoch) to start from."""
     path = cfg.out / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)  # type: ignore[arg-type]
     if cfg.resume == "auto" and not path.exists():
@@ -64,12 +67,17 @@ def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, wo
                         "--resume takes the last.pt a training run wrote")
     checkpoint.check_meta(path, ckpt.get("meta", {}), meta)
     checkpoint.warn_changed_recipe(path, ckpt.get("args", {}), cfg.flags)
+    if ema is not None and "ema" not in ckpt:
+        raise UserError(path, "holds no EMA of the weights, which this run keeps (--ema-decay)",
+                        "resume with the flags the checkpoint was trained with")
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise UserError(path, f"weights do not fit this model ({str(err).splitlines()[0][:120]})",
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        optim.restore(state.optimizer, state.scheduler, ckpt, cfg.lr)
+    except (RuntimeError, ValueError) as err:  # other weights, or other optimiser groups (--backbone-lr-scale)
+        raise UserError(path, f"does not fit this run ({str(err).splitlines()[0][:120]})",
                         "resume with the flags the checkpoint was trained with") from err
-    optim.restore(state.optimizer, state.scheduler, ckpt, cfg.lr)
     start_epoch, start_batch, state.step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
     state.best = ckpt.get("best", -math.inf)
     if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)

@@ -1,0 +1,125 @@
+"""Each piece of the strong fine-tuning recipe on its own, beside the seed recipe, over several seeds.
+
+Reads the backbones of `reproduce.py --preset fashion` runs (one runs folder and one data folder per seed), fine-tunes
+each setting with the preset's flags plus one variant's, and writes OUT/runs.csv (one row a run) and OUT/table.md
+(the mean over seeds, and the change from the seed recipe, per setting). A run already in runs.csv is skipped.
+
+    python reproduce.py --preset fashion --seed 1 --runs runs/fashion_s1 --data-root sample_data/fashion_s1
+    python -m benchmarks.recipe_bench --seeds 0 1 2 --runs runs/fashion_s{seed} --data-root sample_data/fashion_s{seed}
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hw1 import io  # noqa: E402
+from hw1.presets import PRESETS  # noqa: E402
+from hw1.settings import SETTINGS  # noqa: E402
+
+FULL, FROZEN = ("A", "B", "C"), ("D", "E", "E0")
+# variant → (its flags, the settings it applies to); "seed" is the baseline every other is compared with
+VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "seed": ([], FULL + FROZEN),
+    "label smoothing 0.1": (["--label-smoothing", "0.1"], FULL + FROZEN),
+    "TrivialAugmentWide": (["--augment", "trivialaugment"], FULL + FROZEN),
+    "mixup/CutMix": (["--mix", "mixup-cutmix"], FULL),
+    "EMA 0.99": (["--ema-decay", "0.99"], FULL),
+    "backbone lr ×0.1": (["--backbone-lr-scale", "0.1"], ("B", "C")),
+    "2× epochs": (["--epochs", "16"], FULL),
+    "mlp head": (["--head", "mlp"], FROZEN),
+    "mlp head, lr 1e-3": (["--head", "mlp", "--lr", "1e-3"], FROZEN),
+    "strong": (["--recipe", "strong"], FULL + FROZEN),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    parser.add_argument("--runs", default="runs/fashion_s{seed}", help="each seed's reproduce.py runs folder")
+    parser.add_argument("--data-root", default="sample_data/fashion_s{seed}", help="each seed's data folder")
+    parser.add_argument("--preset", default="fashion", choices=sorted(PRESETS), help="default: %(default)s")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                        help=f"default: all of {', '.join(VARIANTS)}")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: %(default)s)")
+    parser.add_argument("--out", default="runs/recipe_bench", help="default: %(default)s")
+    return parser
+
+
+def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int) -> tuple[list[str], Path]:
+    """p1_finetune.py with the preset's flags and the variant's (the later flag wins), and its run folder."""
+    flags, _ = VARIANTS[variant]
+    preset, runs = PRESETS[args.preset], Path(args.runs.format(seed=seed))
+    backbone = {"supervised": runs / "pretrain_supervised" / "backbone_last.pt",
+                "byol": runs / "pretrain_byol" / "backbone_last.pt"}.get(SETTINGS[setting].backbone)
+    out = Path(args.out) / f"s{seed}" / f"{variant.replace(' ', '_').replace('/', '-')}_{setting}"
+    argv = [sys.executable, str(ROOT / "p1_finetune.py"), "--data-root", args.data_root.format(seed=seed),
+            "--seed", str(seed), "--workers", "0", "--setting", setting, *(["--backbone", str(backbone)] if backbone
+                                                                         else []),
+            *preset["probe" if SETTINGS[setting].frozen else "finetune"], "--eval-every", "1000",
+            *flags, "--out", str(out), "--results", str(Path(args.out) / "p1_results.csv")]
+    return argv, out
+
+
+def table(rows: list[dict], variants: list[str], settings: list[str]) -> str:
+    """Mean final accuracy over the seeds per variant and setting, with the change from the seed recipe."""
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        acc.setdefault((r["variant"], r["setting"]), []).append(float(r["val_acc"]))
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    lines = ["| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for v in variants:
+        cells = []
+        for s in settings:
+            if (v, s) not in mean:
+                cells.append("")
+                continue
+            cell = f"{mean[(v, s)]:.3f}"
+            if v != "seed" and ("seed", s) in mean:
+                cell += f" ({mean[(v, s)] - mean[('seed', s)]:+.3f})"
+            cells.append(cell + f" n={len(acc[(v, s)])}" if len(acc[(v, s)]) != 3 else cell)
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out)
+    results = out / "runs.csv"
+    done = {(r["variant"], r["setting"], r["seed"]) for r in io.read_csv_rows(results)} if results.is_file() else set()
+    todo = [(v, s, seed) for seed in args.seeds for v in args.variants for s in args.settings
+            if s in VARIANTS[v][1] and (v, s, str(seed)) not in done]
+
+    lock = threading.Lock()  # one writer of runs.csv at a time
+
+    def run(job: tuple[str, str, int]) -> None:
+        variant, setting, seed = job
+        cmd, run_dir = run_command(args, variant, setting, seed)
+        log = run_dir.with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        final = io.read_csv_rows(run_dir / "log.csv")[-1].get("val_acc", "") if rc == 0 else ""
+        with lock:
+            io.append_csv_row(results, {"variant": variant, "setting": setting, "seed": seed, "val_acc": final,
+                                        "rc": rc, "command": " ".join(cmd[1:])})
+            print(f"{variant:<22} {setting:<3} seed {seed}: {final or f'failed (exit {rc}, {log})'}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(run, todo))
+    rows = [r for r in io.read_csv_rows(results) if r["rc"] == "0"] if results.is_file() else []
+    text = table(rows, args.variants, args.settings)
+    io.write_text(out / "table.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
