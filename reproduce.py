@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw1 import fashion, io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
+from hw1.finetune_recipe import RECIPES  # noqa: E402
 from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
 from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
 from hw1.settings import SETTINGS  # noqa: E402
@@ -47,6 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", default="report", help="REPORT.md and its PNGs go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="seed",
+                        help="the fine-tuning recipe of every fine-tuning stage (p1_finetune.py --recipe); strong runs "
+                             "in folders of its own beside the seed's, from the same backbones, and the report shows "
+                             "both when both ran (default: %(default)s)")
     parser.add_argument("--sam-checkpoint", default=None,
                         help="run Segment Anything with these weights (sam_vit_*.pth)")
     parser.add_argument("--sam-model-type", choices=["vit_h", "vit_l", "vit_b"], default=None,
@@ -104,17 +109,21 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
         supervised, supervised_stage = layout.pretrain_supervised / "backbone_last.pt", ["pre-train supervised"]
     sources = {"none": ([], []), "supervised": ([supervised], supervised_stage),
                "byol": ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"])}
+    # the seed recipe's stages keep their names (a runs folder from before --recipe continues); another's say it
+    named = "" if layout.recipe == "seed" else f" ({layout.recipe})"
     for name, setting in SETTINGS.items():  # A–E and the control E0 (a random backbone, as A)
         backbone, needs = sources[setting.backbone]
-        stages.append(_train(f"fine-tune {name}", "p1_finetune.py", layout.finetune(name),
+        kind = "probe" if setting.frozen else "finetune"
+        recipe = [] if layout.recipe == "seed" else ["--recipe", layout.recipe,
+                                                     *preset.get(f"{kind}_{layout.recipe}", [])]
+        stages.append(_train(f"fine-tune {name}{named}", "p1_finetune.py", layout.finetune(name),
                              common + ["--setting", name, *[a for b in backbone for a in ("--backbone", str(b))],
-                                       "--results", str(layout.p1_results)]
-                             + preset["probe" if setting.frozen else "finetune"],
+                                       "--results", str(layout.p1_results)] + preset[kind] + recipe,
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
-    stages.append(Stage("t-SNE", _script("p1_tsne.py") + common + [
+    stages.append(Stage(f"t-SNE{named}", _script("p1_tsne.py") + common + [
         "--checkpoints", str(c / "first.pt"), str(c / "last.pt"), "--out", str(layout.tsne), *preset["tsne"]],
-        [layout.tsne / "tsne_scores.json"], needs=after + ["fine-tune C"]))
+        [layout.tsne / "tsne_scores.json"], needs=after + [f"fine-tune C{named}"]))
     return stages
 
 
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     preset = PRESETS[args.preset]
     args.data_root = args.data_root or ("hw1_data" if preset["sample_data"] is None else f"sample_data/{args.preset}")
-    layout = Layout(Path(args.runs or f"runs/{args.preset}"))
+    layout = Layout(Path(args.runs or f"runs/{args.preset}"), args.recipe)
     check_inputs(args, preset)
     if args.force and layout.runs.exists() and not args.report_only:
         print(f"--force: removing {layout.runs} to start from scratch")

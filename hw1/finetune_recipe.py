@@ -35,6 +35,8 @@ RECIPES = {
     "seed": FinetuneRecipe(),
     "strong": FinetuneRecipe(head="mlp"),
 }
+RECIPE_NOTES = {"seed": "the reference report's, SPEC §5",
+                "strong": "the seed's plus what helped on real images, docs/recipes.md"}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

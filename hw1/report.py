@@ -19,6 +19,7 @@ from . import findings, io
 from .report_data import (P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
                           p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
 from .report_figures import Figures, class_montage, compare_runs, progress_figure
+from .finetune_recipe import RECIPE_NOTES, RECIPES
 from .settings import SETTINGS
 
 
@@ -85,13 +86,18 @@ def sample_classes(info: ReportInfo, figs: Figures) -> list[str]:
 
 
 def p1_table(layout: Layout) -> list[str]:
-    """Problem 1's validation accuracies beside the reference, and the backbones used."""
+    """Problem 1's validation accuracies beside the reference, and the backbones used; a column for each other
+    fine-tuning recipe that ran in the same runs folder."""
+    accs = p1_accuracies(layout)
+    others = {r: a for r in RECIPES if r != layout.recipe and (a := p1_accuracies(layout, r))}
     md = ["## Problem 1: BYOL pre-training and Office-Home fine-tuning\n",
           "### Validation accuracy, settings A–E and the control E0\n",
+          f"Fine-tuning recipe: **{layout.recipe}** ({RECIPE_NOTES[layout.recipe]})"
+          + "".join(f"; the {r} recipe's final accuracies, from the same backbones, in their own column"
+                    for r in others) + ".\n",
           "| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) "
-          "| epochs |",
-          "|---|---|---|---|---|---|---|"]
-    accs = p1_accuracies(layout)
+          "| epochs |" + "".join(f" {r} recipe (final) |" for r in others),
+          "|---|---|---|---|---|---|---|" + "---|" * len(others)]
     for s, setting in SETTINGS.items():
         pre, ft, ref, a = setting.pretraining, setting.fine_tuning, setting.reference, accs.get(s, {})
         if ref is None and not a:  # the control has no reference number: without a run it has no row either
@@ -101,7 +107,8 @@ def p1_table(layout: Layout) -> list[str]:
             pre = "supervised (ours, Mini-ImageNet labels: the given backbone was absent)"
         reference = "none (control)" if ref is None else f"{ref:.4f}"
         md.append(f"| {s} | {pre} | {ft} | {reference} | {_fmt(a.get('final', math.nan))} | "
-                  f"{_fmt(a.get('best', math.nan))} | {a.get('epochs', '—')} |")
+                  f"{_fmt(a.get('best', math.nan))} | {a.get('epochs', '—')} |"
+                  + "".join(f" {_fmt(o.get(s, {}).get('final', math.nan))} |" for o in others.values()))
     backbones = {s: a["backbone"] for s, a in accs.items() if a.get("backbone") not in ("", "none", None)}
     if backbones:
         md.append("\nBackbones used: " + "; ".join(f"{s}: `{b}`" for s, b in sorted(backbones.items())) + ".")

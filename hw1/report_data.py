@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
+from .finetune_recipe import RECIPES
 from .settings import SETTINGS
 
 P2_REFERENCE = {"fcn32s": ("A: VGG16-FCN32s", 0.7008), "deeplabv3": ("B: DeepLabV3-ResNet101, focal loss", 0.7597)}
@@ -20,9 +21,11 @@ SEG_CLASSES = ("urban", "agriculture", "rangeland", "forest", "water", "barren")
 
 @dataclass
 class Layout:
-    """Where each stage of reproduce.py writes, under one runs folder."""
+    """Where each stage of reproduce.py writes, under one runs folder; a fine-tuning recipe other than the seed's
+    (`--recipe`) has its own fine-tuning and t-SNE folders beside the seed's, sharing the pre-training."""
 
     runs: Path
+    recipe: str = "seed"
 
     def __post_init__(self) -> None:
         self.runs = Path(self.runs)
@@ -35,8 +38,8 @@ class Layout:
     def pretrain_supervised(self) -> Path:
         return self.runs / "pretrain_supervised"
 
-    def finetune(self, setting: str) -> Path:
-        return self.runs / f"finetune_{setting}"
+    def finetune(self, setting: str, recipe: str | None = None) -> Path:
+        return self.runs / f"finetune_{setting}{_suffix(recipe or self.recipe)}"
 
     @property
     def p1_results(self) -> Path:
@@ -44,7 +47,7 @@ class Layout:
 
     @property
     def tsne(self) -> Path:
-        return self.runs / "tsne"
+        return self.runs / f"tsne{_suffix(self.recipe)}"
 
     def seg(self, model: str) -> Path:
         return self.runs / f"p2_{model}"
@@ -75,6 +78,10 @@ class Layout:
         return self.runs / "stages.json"
 
 
+def _suffix(recipe: str) -> str:
+    return "" if recipe == "seed" else f"_{recipe}"
+
+
 def csv_rows(path: Path) -> list[dict]:
     """The rows of a CSV file, none when it is missing."""
     return io.read_csv_rows(path) if path.is_file() else []
@@ -88,14 +95,18 @@ def to_float(v: object) -> float:
         return math.nan
 
 
-def p1_accuracies(layout: Layout) -> dict[str, dict]:
-    """setting → {final, best, epochs}: the latest row of p1_results.csv, else the fine-tuning log."""
+def p1_accuracies(layout: Layout, recipe: str | None = None) -> dict[str, dict]:
+    """setting → {final, best, epochs} for a fine-tuning recipe (default the layout's): the latest row of
+    p1_results.csv, else the fine-tuning log."""
+    recipe = recipe or layout.recipe
     found: dict[str, dict] = {}
     for row in csv_rows(layout.p1_results):
+        if (row.get("recipe") or "seed") != recipe:
+            continue
         found[row["setting"]] = {"final": to_float(row.get("val_acc")), "best": to_float(row.get("best_val_acc")),
                                  "epochs": row.get("epochs", ""), "backbone": row.get("backbone", "")}
     for setting in SETTINGS:
-        log = csv_rows(layout.finetune(setting) / "log.csv")
+        log = csv_rows(layout.finetune(setting, recipe) / "log.csv")
         if setting not in found and log:
             accs = [to_float(r.get("val_acc")) for r in log]
             found[setting] = {"final": accs[-1],
@@ -160,13 +171,14 @@ def stage_records(layout: Layout) -> dict[str, dict]:
 def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> dict:
     """results.json (SPEC §8): the numbers of the report's tables and its findings; stages that did not run are
     absent."""
-    results: dict = {"preset": preset}
+    results: dict = {"preset": preset, "recipe": layout.recipe}
     if wall_seconds is not None:
         results["wall_s"] = round(wall_seconds, 1)
-    p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in p1_accuracies(layout).items()
-          if s in SETTINGS and not math.isnan(a["final"])}
-    if p1:
-        results["p1"] = {s: p1[s] for s in SETTINGS if s in p1}
+    for recipe in RECIPES:  # "p1": the run's recipe (the findings judge it); "p1_<recipe>": another that ran here
+        p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in p1_accuracies(layout, recipe).items()
+              if s in SETTINGS and not math.isnan(a["final"])}
+        if p1:
+            results["p1" if recipe == layout.recipe else f"p1_{recipe}"] = {s: p1[s] for s in SETTINGS if s in p1}
     if (knn := byol_monitor(layout)):
         # SPEC §8's keys only (view_gap: the report and log.csv)
         results["byol"] = {"knn_first": knn[0], "knn_last": knn[1]}

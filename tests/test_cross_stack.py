@@ -1,5 +1,6 @@
 """Checkpoints cross the two stacks of SPEC §9: a classifier and a DeepLabV3 trained on one stack and graded by
-hw1_1.sh / hw1_2.sh on the other give the labels and masks the training stack gives; a last.pt resumes there.
+hw1_1.sh / hw1_2.sh on the other give the labels and masks the training stack gives; so do strong-recipe C and E
+classifiers (E's BN-MLP head rebuilt from the checkpoint's meta); a last.pt resumes there.
 
 Needs the other stack's interpreter in HW1_OTHER_PYTHON (`.ci/run` sets it to the course venv's Python 3.8)."""
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from hw1 import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER = os.environ.get("HW1_OTHER_PYTHON", "")
@@ -29,13 +32,18 @@ def run(python: str, *argv: str, env: dict[str, str] | None = None) -> subproces
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Per stack: a resnet18 setting-A classifier and a DeepLabV3-MobileNetV3, each trained for 2 epochs there."""
+def trained(tiny_data: Path, p1_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Per stack: resnet18 classifiers (setting A; strong-recipe C and E from the session's BYOL backbone) and a
+    DeepLabV3-MobileNetV3, each trained for 2 epochs there."""
     runs = {}
     for stack, python in STACKS.items():
         out = tmp_path_factory.mktemp(f"train_{stack}")
         run(python, "p1_finetune.py", "--setting", "A", "--arch", "resnet18", "--data-root", str(tiny_data), "--out",
             str(out / "p1"), "--epochs", "2", "--lr", "2e-3", "--results", str(out / "p1.csv"), *SMALL)
+        for setting in ("C", "E"):
+            run(python, "p1_finetune.py", "--setting", setting, "--recipe", "strong", "--backbone", str(p1_backbone),
+                "--arch", "resnet18", "--data-root", str(tiny_data), "--out", str(out / f"strong_{setting}"),
+                "--epochs", "2", "--lr", "2e-3", "--results", str(out / "p1.csv"), *SMALL)
         run(python, "p2_train_deeplab.py", "--arch", "deeplabv3_mobilenet_v3_large", "--weights", "none", "--data-root",
             str(tiny_data), "--out", str(out / "p2"), "--epochs", "2", "--aux-weight", "0", "--results",
             str(out / "p2.csv"), *SMALL)
@@ -68,6 +76,17 @@ def test_graded_on_the_other_stack_alike(trained_on: str, trained: dict[str, Pat
     got = {s: masks(py, p2, tiny_data, tmp_path / f"masks_{s}") for s, py in STACKS.items()}
     assert got["this"].keys() == got["other"].keys() and got["this"]
     assert all(np.array_equal(got["this"][k], got["other"][k]) for k in got["this"])
+
+
+@pytest.mark.parametrize("trained_on", list(STACKS))
+@pytest.mark.parametrize("setting", ["C", "E"])
+def test_strong_recipe_graded_on_the_other_stack_alike(setting: str, trained_on: str, trained: dict[str, Path],
+                                                       tiny_data: Path, tmp_path: Path) -> None:
+    ckpt = trained[trained_on] / f"strong_{setting}" / "best.pt"
+    meta = checkpoint.load_checkpoint(ckpt)["meta"]
+    assert meta["recipe"] == "strong" and meta["head"] == ("mlp" if setting == "E" else "linear")
+    rows = {s: labels(py, ckpt, tiny_data, tmp_path / f"{s}.csv") for s, py in STACKS.items()}
+    assert rows["this"] == rows["other"] and len(rows["this"]) > 1
 
 
 @pytest.mark.parametrize("trained_on", list(STACKS))
