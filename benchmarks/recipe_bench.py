@@ -31,12 +31,18 @@ VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "label smoothing 0.1": (["--label-smoothing", "0.1"], FULL + FROZEN),
     "TrivialAugmentWide": (["--augment", "trivialaugment"], FULL + FROZEN),
     "mixup/CutMix": (["--mix", "mixup-cutmix"], FULL),
-    "EMA 0.99": (["--ema-decay", "0.99"], FULL),
+    "EMA 0.99": (["--ema-decay", "0.99"], FULL + FROZEN),
     "backbone lr ×0.1": (["--backbone-lr-scale", "0.1"], ("B", "C")),
     "2× epochs": (["--epochs", "16"], FULL),
     "mlp head": (["--head", "mlp"], FROZEN),
     "mlp head, lr 1e-3": (["--head", "mlp", "--lr", "1e-3"], FROZEN),
-    "strong": (["--recipe", "strong"], FULL + FROZEN),
+    "3× probe epochs": (["--epochs", "30"], FROZEN),
+    "mlp head, lr 1e-3, 3× epochs": (["--head", "mlp", "--lr", "1e-3", "--epochs", "30"], FROZEN),
+    "mlp head, lr 3e-4, 3× epochs": (["--head", "mlp", "--lr", "3e-4", "--epochs", "30"], FROZEN),
+    "mlp head, lr 1e-3, 6× epochs": (["--head", "mlp", "--lr", "1e-3", "--epochs", "60"], FROZEN),
+    "3× probe epochs, lr 3e-3": (["--epochs", "30", "--lr", "3e-3"], FROZEN),
+    "6× probe epochs": (["--epochs", "60"], FROZEN),
+    "strong": (["--recipe", "strong"], FULL + FROZEN),  # with the preset's flags for it, as reproduce.py --recipe
 }
 
 
@@ -58,13 +64,16 @@ def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int)
     """p1_finetune.py with the preset's flags and the variant's (the later flag wins), and its run folder."""
     flags, _ = VARIANTS[variant]
     preset, runs = PRESETS[args.preset], Path(args.runs.format(seed=seed))
+    kind = "probe" if SETTINGS[setting].frozen else "finetune"
+    if variant == "strong":  # what reproduce.py --recipe strong runs: the preset's epochs and lr for the recipe
+        flags = flags + preset.get(f"{kind}_strong", [])
     backbone = {"supervised": runs / "pretrain_supervised" / "backbone_last.pt",
                 "byol": runs / "pretrain_byol" / "backbone_last.pt"}.get(SETTINGS[setting].backbone)
     out = Path(args.out) / f"s{seed}" / f"{variant.replace(' ', '_').replace('/', '-')}_{setting}"
     argv = [sys.executable, str(ROOT / "p1_finetune.py"), "--data-root", args.data_root.format(seed=seed),
             "--seed", str(seed), "--workers", "0", "--setting", setting, *(["--backbone", str(backbone)] if backbone
                                                                          else []),
-            *preset["probe" if SETTINGS[setting].frozen else "finetune"], "--eval-every", "1000",
+            *preset[kind], "--eval-every", "1000",
             *flags, "--out", str(out), "--results", str(Path(args.out) / "p1_results.csv")]
     return argv, out
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from . import fashion
 
 # Per preset: the sample data to write (None: use the course data; "fashion": Fashion-MNIST, hw1/fashion.py), the
-# problems it runs (default both), then extra flags per stage.
+# problems it runs (default both), then extra flags per stage ("<stage>_strong": added under --recipe strong).
 # Everything not named here is the script's default, i.e. the reference recipe.
 PRESETS: dict[str, dict] = {
     "full": {
@@ -33,6 +33,7 @@ PRESETS: dict[str, dict] = {
                      "--warmup-steps", "10"],
         "probe": ["--arch", "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-2",
                   "--warmup-steps", "10"],
+        "probe_strong": ["--epochs", "60", "--lr", "1e-3"],  # as the fashion preset's (measured there)
         "tsne": ["--perplexity", "20"],
         # vgg16_bn: plain VGG16 does not train from random weights; 96 px, narrow fc6/fc7: cheap steps (README)
         "fcn32s": ["--weights", "none", "--vgg", "vgg16_bn", "--fc-width", "512", "--image-size", "96",
@@ -64,6 +65,8 @@ PRESETS: dict[str, dict] = {
                      "--warmup-steps", "10"],
         "probe": ["--arch", "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-2",
                   "--warmup-steps", "10"],
+        # --recipe strong: its BN-MLP probe for 6x the steps at 1e-3 (docs/recipes.md); full fine-tuning as the seed's
+        "probe_strong": ["--epochs", "60", "--lr", "1e-3"],
         "tsne": ["--perplexity", "20"],
     },
     "tiny": {
