@@ -57,6 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: %(default)s)")
     parser.add_argument("--out", default="runs/recipe_bench", help="default: %(default)s")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: the table of what OUT/runs.csv holds")
     return parser
 
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     results = out / "runs.csv"
     done = {(r["variant"], r["setting"], r["seed"]) for r in io.read_csv_rows(results)} if results.is_file() else set()
     todo = [(v, s, seed) for seed in args.seeds for v in args.variants for s in args.settings
-            if s in VARIANTS[v][1] and (v, s, str(seed)) not in done]
+            if s in VARIANTS[v][1] and (v, s, str(seed)) not in done and not args.table_only]
 
     lock = threading.Lock()  # one writer of runs.csv at a time
 

@@ -171,7 +171,7 @@ def stage_records(layout: Layout) -> dict[str, dict]:
 def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> dict:
     """results.json (SPEC §8): the numbers of the report's tables and its findings; stages that did not run are
     absent."""
-    results: dict = {"preset": preset, "recipe": layout.recipe}
+    results: dict = {"preset": preset, **({"recipe": layout.recipe} if layout.recipe != "seed" else {})}
     if wall_seconds is not None:
         results["wall_s"] = round(wall_seconds, 1)
     for recipe in RECIPES:  # "p1": the run's recipe (the findings judge it); "p1_<recipe>": another that ran here

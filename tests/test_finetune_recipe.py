@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,10 @@ from torchvision.transforms import v2
 import p1_finetune
 import p1_inference
 import reproduce
-from hw1 import data, finetune_recipe, optim
+from hw1 import data, finetune_recipe, io, optim
 from hw1.errors import UserError
 from hw1.finetune_recipe import RECIPES, FinetuneRecipe
-from hw1.report import Layout
+from hw1.report import Layout, write_report
 from conftest import P1_SMALL
 
 
@@ -160,3 +161,23 @@ def test_reproduce_recipe_strong_runs_beside_the_seed_stages(tmp_path: Path) -> 
     assert e.run_dir == tmp_path / "runs" / "finetune_E_strong" and "--recipe strong" in e.command()
     assert "--recipe" not in seed["fine-tune E"].command() and seed["fine-tune E"].run_dir.name == "finetune_E"
     assert strong["t-SNE (strong)"].needs[-1] == "fine-tune C (strong)"
+
+
+def test_report_shows_the_other_recipe_beside_the_seed(tiny_data: Path, tmp_path: Path) -> None:
+    """A seed run and a strong run in one runs folder: the A–E table gets a strong column, results.json p1_strong."""
+    from test_analysis_report import fabricate_runs, fabricated_info
+
+    layout = Layout(tmp_path / "runs")
+    fabricate_runs(layout, tiny_data)
+    for setting, acc in (("D", 0.61), ("E", 0.71)):
+        io.append_csv_row(layout.p1_results, {"setting": setting, "recipe": "strong", "val_acc": acc,
+                                              "best_val_acc": acc, "epochs": 2})
+    report = write_report(layout, tmp_path / "report", fabricated_info(tiny_data))
+    text = report.read_text()
+    assert "Fine-tuning recipe: **seed**" in text and " strong recipe (final) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| E | "))
+    assert row.endswith(" 0.7100 |")
+    results = json.loads((report.parent / "results.json").read_text())
+    assert results["p1_strong"] == {"D": {"val_acc": 0.61, "best_val_acc": 0.61},
+                                    "E": {"val_acc": 0.71, "best_val_acc": 0.71}}
+    assert "recipe" not in results and results["p1"]["E"]["val_acc"] != 0.71  # the seed's numbers stay the run's
