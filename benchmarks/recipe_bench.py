@@ -80,22 +80,22 @@ def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int)
 
 
 def table(rows: list[dict], variants: list[str], settings: list[str]) -> str:
-    """Mean final accuracy over the seeds per variant and setting, with the change from the seed recipe."""
-    acc: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        acc.setdefault((r["variant"], r["setting"]), []).append(float(r["val_acc"]))
-    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    """Per variant and setting: the mean final accuracy over its seeds, and its mean change from the seed recipe on
+    the same seeds (n: how many seeds, when not all three)."""
+    acc = {(r["variant"], r["setting"], r["seed"]): float(r["val_acc"]) for r in rows}
     lines = ["| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for v in variants:
         cells = []
         for s in settings:
-            if (v, s) not in mean:
+            seeds = sorted(k for (vv, ss, k) in acc if (vv, ss) == (v, s))
+            if not seeds:
                 cells.append("")
                 continue
-            cell = f"{mean[(v, s)]:.3f}"
-            if v != "seed" and ("seed", s) in mean:
-                cell += f" ({mean[(v, s)] - mean[('seed', s)]:+.3f})"
-            cells.append(cell + f" n={len(acc[(v, s)])}" if len(acc[(v, s)]) != 3 else cell)
+            cell = f"{sum(acc[(v, s, k)] for k in seeds) / len(seeds):.3f}"
+            paired = [acc[(v, s, k)] - acc[("seed", s, k)] for k in seeds if ("seed", s, k) in acc]
+            if v != "seed" and paired:
+                cell += f" ({sum(paired) / len(paired):+.3f})"
+            cells.append(cell + (f" n={len(seeds)}" if len(seeds) != 3 else ""))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -181,3 +181,12 @@ def test_report_shows_the_other_recipe_beside_the_seed(tiny_data: Path, tmp_path
     assert results["p1_strong"] == {"D": {"val_acc": 0.61, "best_val_acc": 0.61},
                                     "E": {"val_acc": 0.71, "best_val_acc": 0.71}}
     assert "recipe" not in results and results["p1"]["E"]["val_acc"] != 0.71  # the seed's numbers stay the run's
+
+
+def test_recipe_bench_compares_each_variant_with_the_seed_recipe_on_the_same_seeds() -> None:
+    from benchmarks import recipe_bench
+
+    rows = [{"variant": v, "setting": "E", "seed": k, "val_acc": a}
+            for v, k, a in (("seed", "0", "0.5"), ("seed", "1", "0.7"), ("strong", "0", "0.6"))]
+    text = recipe_bench.table(rows, ["seed", "strong"], ["E"])
+    assert "| seed | 0.600 n=2 |" in text and "| strong | 0.600 (+0.100) n=1 |" in text  # paired on seed 0 only
