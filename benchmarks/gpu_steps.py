@@ -98,13 +98,14 @@ def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
                     needs=("data/p1_data",), makes=(f"runs/{name}/last.pt", f"runs/{name}/backbone_last.pt"),
                     says=says, timeout_s=timeout_s)
 
-    def finetune(setting: str) -> Step:
-        return Step(f"finetune_{setting}", f"fine-tuning {setting} from the BYOL backbone: first, last and best.pt",
+    def finetune(setting: str, name: str = "", what: str = "", recipe: tuple[str, ...] = ()) -> Step:
+        name = name or f"finetune_{setting}"
+        return Step(name, what or f"fine-tuning {setting} from the BYOL backbone: first, last and best.pt",
                     [python, "p1_finetune.py", *common, *prof.p1, "--setting", setting, "--epochs", "2",
-                     "--backbone", str(runs / "pretrain_gpu_aug" / "backbone_last.pt"),
-                     "--results", str(runs / "p1_results.csv"), "--out", str(runs / f"finetune_{setting}")],
+                     "--backbone", str(runs / "pretrain_gpu_aug" / "backbone_last.pt"), *recipe,
+                     "--results", str(runs / "p1_results.csv"), "--out", str(runs / name)],
                     needs=("runs/pretrain_gpu_aug/backbone_last.pt",),
-                    makes=tuple(f"runs/finetune_{setting}/{f}.pt" for f in ("first", "last", "best")),
+                    makes=tuple(f"runs/{name}/{f}.pt" for f in ("first", "last", "best")),
                     timeout_s=prof.step_s)
 
     def segment(name: str, script: str, model: tuple[str, ...]) -> Step:
@@ -147,6 +148,12 @@ def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
              timeout_s=prof.step_s),
         finetune("C"),
         finetune("E"),
+        finetune("C", "finetune_C_pieces", "fine-tuning C with every strong-recipe piece: per-image TrivialAugmentWide "
+                 "on the device, mixup/CutMix, label smoothing, the EMA, a lower backbone lr",
+                 ("--augment", "trivialaugment", "--mix", "mixup-cutmix", "--label-smoothing", "0.1", "--ema-decay",
+                  "0.99", "--backbone-lr-scale", "0.1")),
+        finetune("E", "finetune_E_strong", "fine-tuning E --recipe strong: the BN-MLP head on the frozen backbone",
+                 ("--recipe", "strong")),
         Step("tsne", "t-SNE of fine-tuning C's first and last epoch",
              [python, "p1_tsne.py", *common, "--checkpoints", str(runs / "finetune_C" / "first.pt"),
               str(runs / "finetune_C" / "last.pt"), "--perplexity", "5", "--out", str(runs / "tsne")],

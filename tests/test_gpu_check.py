@@ -35,7 +35,7 @@ def script_args(argv: list[str]) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("prof", [GPU, CPU], ids=["gpu", "cpu"])
 def test_every_step_runs_a_script_with_flags_it_takes(prof: Profile, tmp_path: Path) -> None:
     todo = gpu_steps.steps(tmp_path, prof)
-    assert [s.name for s in todo][:1] == ["prepare"] and len({s.name for s in todo}) == len(todo) == 19
+    assert [s.name for s in todo][:1] == ["prepare"] and len({s.name for s in todo}) == len(todo) == 21
     for step in todo:
         script, args = script_args(step.argv)
         assert (ROOT / script).is_file(), (step.name, script)
