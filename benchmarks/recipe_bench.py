@@ -40,7 +40,6 @@ VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "mlp head, lr 1e-3, 3× epochs": (["--head", "mlp", "--lr", "1e-3", "--epochs", "30"], FROZEN),
     "mlp head, lr 3e-4, 3× epochs": (["--head", "mlp", "--lr", "3e-4", "--epochs", "30"], FROZEN),
     "mlp head, lr 1e-3, 6× epochs": (["--head", "mlp", "--lr", "1e-3", "--epochs", "60"], FROZEN),
-    "3× probe epochs, lr 3e-3": (["--epochs", "30", "--lr", "3e-3"], FROZEN),
     "6× probe epochs": (["--epochs", "60"], FROZEN),
     "strong": (["--recipe", "strong"], FULL + FROZEN),  # with the preset's flags for it, as reproduce.py --recipe
 }
