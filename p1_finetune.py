@@ -20,14 +20,16 @@ import argparse
 import datetime
 import functools
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from hw1 import (cache, data, distributed, engine, finetune_recipe, gpu_aug, io, loading, precision,
                  train_config)
 from hw1.errors import UserError, run_main
-from hw1.models import ARCHS, MLP_HIDDEN, Classifier, load_backbone_into
+from hw1.models import ARCHS, Classifier, load_backbone_into
 from hw1.recipes import FINETUNE_VIEW
 from hw1.settings import SETTINGS
 
@@ -73,6 +75,22 @@ def build_classifier(args: argparse.Namespace, head: str) -> tuple[Classifier, s
     return model, str(path)
 
 
+def training_images(args: argparse.Namespace, recipe: finetune_recipe.FinetuneRecipe, caching: cache.CacheConfig,
+                    world: distributed.World, device: torch.device, memory_format: torch.memory_format
+                    ) -> tuple[Dataset, Callable | None, Callable | None]:
+    """The training set, and with --gpu-aug the batch augmentation the loss applies and its per-step reseed (the
+    loader then yields uint8 images); without, the loader's transforms augment and both are None."""
+    trivial = recipe.augment == "trivialaugment"
+    train_transform = data.classify_train_transform(args.image_size, trivial_augment=trivial)
+    train_set = data.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
+    if not gpu_aug.wanted(args.gpu_aug, device):
+        return cache.maybe_cached(caching, train_set, "office_train", world), None, None
+    images = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
+    view = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
+    augment = (lambda batch: view(finetune_recipe.trivial_augment_batch(batch))) if trivial else view
+    return images, augment, functools.partial(view.reseed, args.seed, world.rank)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     world, device = distributed.init_distributed(args.device)
@@ -85,17 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ema = finetune_recipe.ema_model(model, recipe.ema_decay) if recipe.ema_decay else None
 
     caching = cache.CacheConfig.from_args(args)
-    trivial = recipe.augment == "trivialaugment"
-    train_transform = data.classify_train_transform(args.image_size, trivial_augment=trivial)
-    train_set = data.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
-    augment, before_step = None, None
-    if gpu_aug.wanted(args.gpu_aug, device):  # the loader yields uint8 images; the loss augments them
-        train_set = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
-        view = gpu_aug.BatchView(args.image_size, FINETUNE_VIEW, torch.Generator(), memory_format)
-        augment = (lambda images: view(finetune_recipe.trivial_augment_batch(images))) if trivial else view
-        before_step = functools.partial(view.reseed, args.seed, world.rank)
-    else:
-        train_set = cache.maybe_cached(caching, train_set, "office_train", world)
+    train_set, augment, before_step = training_images(args, recipe, caching, world, device, memory_format)
     val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
     val_set = cache.maybe_cached(caching, val_set, "office_val", world)
     loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed,
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True, before_step=before_step,
         meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
               "image_size": args.image_size, "setting": args.setting, "backbone": backbone, "recipe": args.recipe,
-              "head": recipe.head, **({"head_hidden": MLP_HIDDEN} if recipe.head == "mlp" else {})},
+              **model.head_meta()},
         lr_scale=lambda name: 1.0 if Classifier.is_head(name) else recipe.backbone_lr_scale, ema=ema,
     )
     if world.is_main:
@@ -135,16 +143,20 @@ def main(argv: list[str] | None = None) -> None:
               f"{len(val_set)} val images, {device}; recipe {args.recipe}: {recipe}")
     history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
-        final = history[-1].get("val_acc", float("nan"))
-        best = max(r.get("val_acc", 0.0) for r in history)
-        print(f"setting {args.setting}: final val acc {final:.4f} (best {best:.4f}) — checkpoints in {args.out}")
-        io.append_csv_row(args.results, {
-            "setting": args.setting, "arch": args.arch, "backbone": backbone, "recipe": args.recipe,
-            "head": recipe.head, "val_acc": final, "best_val_acc": best,
-            "epochs": history[-1]["epoch"], "steps": history[-1]["step"], "out": str(Path(args.out)),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
+        record_result(args, backbone, recipe.head, history)
     distributed.cleanup_distributed()
+
+
+def record_result(args: argparse.Namespace, backbone: str, head: str, history: list[dict]) -> None:
+    """Print the run's final and best validation accuracy and append them to --results."""
+    final = history[-1].get("val_acc", float("nan"))
+    best = max(r.get("val_acc", 0.0) for r in history)
+    print(f"setting {args.setting}: final val acc {final:.4f} (best {best:.4f}) — checkpoints in {args.out}")
+    io.append_csv_row(args.results, {
+        "setting": args.setting, "arch": args.arch, "backbone": backbone, "recipe": args.recipe, "head": head,
+        "val_acc": final, "best_val_acc": best, "epochs": history[-1]["epoch"], "steps": history[-1]["step"],
+        "out": str(Path(args.out)), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    })
 
 
 if __name__ == "__main__":

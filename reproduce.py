@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from hw1 import fashion, io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
 from hw1.finetune_recipe import RECIPES  # noqa: E402
-from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS  # noqa: E402
+from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags  # noqa: E402
 from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
 from hw1.settings import SETTINGS  # noqa: E402
 from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
@@ -113,12 +113,10 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
     named = "" if layout.recipe == "seed" else f" ({layout.recipe})"
     for name, setting in SETTINGS.items():  # A–E and the control E0 (a random backbone, as A)
         backbone, needs = sources[setting.backbone]
-        kind = "probe" if setting.frozen else "finetune"
-        recipe = [] if layout.recipe == "seed" else ["--recipe", layout.recipe,
-                                                     *preset.get(f"{kind}_{layout.recipe}", [])]
         stages.append(_train(f"fine-tune {name}{named}", "p1_finetune.py", layout.finetune(name),
                              common + ["--setting", name, *[a for b in backbone for a in ("--backbone", str(b))],
-                                       "--results", str(layout.p1_results)] + preset[kind] + recipe,
+                                       "--results", str(layout.p1_results)]
+                             + finetune_flags(preset, setting.frozen, layout.recipe),
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
     stages.append(Stage(f"t-SNE{named}", _script("p1_tsne.py") + common + [

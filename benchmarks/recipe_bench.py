@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
-from hw1.presets import PRESETS  # noqa: E402
+from hw1.presets import PRESETS, finetune_flags  # noqa: E402
+from hw1.report_data import Layout  # noqa: E402
 from hw1.settings import SETTINGS  # noqa: E402
 
 FULL, FROZEN = ("A", "B", "C"), ("D", "E", "E0")
@@ -41,7 +42,7 @@ VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "mlp head, lr 3e-4, 3× epochs": (["--head", "mlp", "--lr", "3e-4", "--epochs", "30"], FROZEN),
     "mlp head, lr 1e-3, 6× epochs": (["--head", "mlp", "--lr", "1e-3", "--epochs", "60"], FROZEN),
     "6× probe epochs": (["--epochs", "60"], FROZEN),
-    "strong": (["--recipe", "strong"], FULL + FROZEN),  # with the preset's flags for it, as reproduce.py --recipe
+    "strong": ([], FULL + FROZEN),  # --recipe strong with the preset's flags for it, as reproduce.py --recipe strong
 }
 
 
@@ -63,17 +64,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int) -> tuple[list[str], Path]:
     """p1_finetune.py with the preset's flags and the variant's (the later flag wins), and its run folder."""
     flags, _ = VARIANTS[variant]
-    preset, runs = PRESETS[args.preset], Path(args.runs.format(seed=seed))
-    kind = "probe" if SETTINGS[setting].frozen else "finetune"
-    if variant == "strong":  # what reproduce.py --recipe strong runs: the preset's epochs and lr for the recipe
-        flags = flags + preset.get(f"{kind}_strong", [])
-    backbone = {"supervised": runs / "pretrain_supervised" / "backbone_last.pt",
-                "byol": runs / "pretrain_byol" / "backbone_last.pt"}.get(SETTINGS[setting].backbone)
+    layout = Layout(Path(args.runs.format(seed=seed)))
+    backbone = {"supervised": layout.pretrain_supervised / "backbone_last.pt",
+                "byol": layout.pretrain_byol / "backbone_last.pt"}.get(SETTINGS[setting].backbone)
+    preset_flags = finetune_flags(PRESETS[args.preset], SETTINGS[setting].frozen,
+                                  "strong" if variant == "strong" else "seed")
     out = Path(args.out) / f"s{seed}" / f"{variant.replace(' ', '_').replace('/', '-')}_{setting}"
     argv = [sys.executable, str(ROOT / "p1_finetune.py"), "--data-root", args.data_root.format(seed=seed),
             "--seed", str(seed), "--workers", "0", "--setting", setting, *(["--backbone", str(backbone)] if backbone
                                                                          else []),
-            *preset[kind], "--eval-every", "1000",
+            *preset_flags, "--eval-every", "1000",
             *flags, "--out", str(out), "--results", str(Path(args.out) / "p1_results.csv")]
     return argv, out
 

@@ -12,8 +12,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .errors import UserError
-
-HEADS = ("linear", "mlp")
+from .models import HEADS
 AUGMENTS = ("crop", "trivialaugment")  # the seed's crop, flip and jitter; or TrivialAugmentWide, then those
 MIXES = ("none", "mixup", "cutmix", "mixup-cutmix")
 

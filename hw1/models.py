@@ -80,6 +80,7 @@ def pooled_features(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Te
     return torch.flatten(net.avgpool(x), 1)
 
 
+HEADS = ("linear", "mlp")
 MLP_HIDDEN = 4096  # the BN-MLP head's width (the best published E, SPEC §5)
 
 
@@ -100,8 +101,9 @@ class Classifier(nn.Module):
         self.net = build_resnet(arch, num_classes)
         if head == "mlp":
             self.net.fc = mlp_head(FEATURE_DIM[arch], num_classes, hidden)
-        elif head != "linear":
-            raise UserError("--head", f"unknown classifier head {head!r}", "use linear or mlp")
+        elif head not in HEADS:
+            raise UserError("--head", f"unknown classifier head {head!r}", f"use one of {', '.join(HEADS)}")
+        self.hidden = hidden
         if frozen:
             for name, p in self.net.named_parameters():
                 p.requires_grad = name.startswith("fc.")
@@ -113,6 +115,10 @@ class Classifier(nn.Module):
                 if name != "fc":
                     module.eval()
         return self
+
+    def head_meta(self) -> dict:
+        """What a checkpoint's meta records of the head, for `classifier_from_meta` to rebuild it."""
+        return {"head": self.head, **({"head_hidden": self.hidden} if self.head == "mlp" else {})}
 
     @staticmethod
     def is_head(name: str) -> bool:
@@ -128,12 +134,12 @@ class Classifier(nn.Module):
 
 
 def classifier_from_meta(meta: dict, path: str | os.PathLike) -> Classifier:
-    """The classifier a p1_finetune.py checkpoint's meta names, its head included (a checkpoint from before
-    `--head` has a linear one)."""
+    """The classifier a p1_finetune.py checkpoint's meta names, its head included (`Classifier.head_meta`; a
+    checkpoint from before `--head` has a linear one)."""
     head, hidden = meta.get("head", "linear"), meta.get("head_hidden", MLP_HIDDEN)
-    if head not in ("linear", "mlp") or not isinstance(hidden, int):
+    if head not in HEADS or not isinstance(hidden, int):
         raise UserError(path, f"classifier meta names head={head!r}, head_hidden={hidden!r}",
-                        "expected head linear or mlp and an integer width; re-export the checkpoint")
+                        f"expected a head of {', '.join(HEADS)} and an integer width; re-export the checkpoint")
     return Classifier(meta["arch"], meta["num_classes"], head=head, hidden=hidden)
 
 

@@ -84,6 +84,17 @@ PRESETS: dict[str, dict] = {
                       "--epochs", "2", "--batch-size", "8", "--max-steps", "2", "--aux-weight", "0"],
     },
 }
+
+
+def finetune_flags(preset: dict, frozen: bool, recipe: str) -> list[str]:
+    """A fine-tuning stage's flags under a preset: the probe's (frozen settings) or full fine-tuning's, then for a
+    recipe other than the seed's `--recipe` and the preset's flags for it (`probe_strong`…)."""
+    kind = "probe" if frozen else "finetune"
+    if recipe == "seed":
+        return list(preset[kind])
+    return [*preset[kind], "--recipe", recipe, *preset.get(f"{kind}_{recipe}", [])]
+
+
 GIVEN_BACKBONE = Path("p1_data") / "pretrain_model_SL.pt"  # the course's supervised ResNet50 backbone
 MODEL_TREES = {"classifier": "ResNet50 classifier (settings A–E)", "fcn32s": "model A: VGG16-FCN32s",
                "deeplabv3": "model B: DeepLabV3-ResNet101"}

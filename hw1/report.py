@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
+from .finetune_recipe import RECIPE_NOTES, RECIPES
 from .report_data import (P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
                           p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
 from .report_figures import Figures, class_montage, compare_runs, progress_figure
-from .finetune_recipe import RECIPE_NOTES, RECIPES
 from .settings import SETTINGS
 
 

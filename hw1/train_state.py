@@ -46,12 +46,15 @@ def fresh(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, prec: Precis
 def as_checkpoint(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, epoch: int,
                   batch_in_epoch: int, ema: nn.Module | None = None) -> dict:
     """What `last.pt` holds (with the EMA of the weights when the run keeps one)."""
-    return {**({"ema": ema.state_dict()} if ema is not None else {}),
+    ckpt = {
         "model": model.state_dict(), "optimizer": state.optimizer.state_dict(),
         "lr_scheduler": state.scheduler.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "step": state.step, "best": state.best, "args": cfg.flags, "meta": meta, "rng": rng_state(),
         "scaler": state.scaler.state_dict(),
     }
+    if ema is not None:
+        ckpt["ema"] = ema.state_dict()
+    return ckpt
 
 
 def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, world: World,
