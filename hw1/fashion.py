@@ -2,7 +2,10 @@
 
 From the four idx files: `p1_data/mini/train/<class>_<n>.jpg` from the training set (unlabelled for BYOL,
 the names give the supervised baseline its labels), `p1_data/office/{train,val}` a disjoint labelled subset of
-the training set and validation images from the test set, with their CSVs. `--seed` draws the split.
+the training set and validation images from the test set, with their CSVs. `--seed` draws the split, and each
+seed has its own default folder (`sample_data/fashion`, `sample_data/fashion_s<seed>`). The folder's stamp
+(`data_stamp.json`, hw1/sample_data.py) says what it holds: the same seed and sizes are reused without the idx
+files; other data there is refused in one line, or with `--replace` deleted (exactly the files written here) first.
 
     python -m hw1.fashion --out sample_data/fashion --seed 0
 """
@@ -18,6 +21,7 @@ from PIL import Image
 
 from . import io
 from .errors import UserError, run_main
+from .sample_data import P1_OWNED, begin_write, check_free, default_root, end_write, is_written
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -27,6 +31,7 @@ INSTALL = ("apt-get install -y dataset-fashion-mnist (Debian), or python -c \"im
            "torchvision.datasets.FashionMNIST('fmnist', download=True)\" and FASHION_MNIST_DIR=fmnist")
 # Defaults: 10,000 unlabelled images to pre-train on, 50 labelled a class to fine-tune on, 100 a class to validate.
 SIZES = {"pretrain": 10000, "train_per_class": 50, "val_per_class": 100}
+OWNED = P1_OWNED  # what a write deletes (and nothing else) when it replaces another
 
 
 def candidate_dirs(data_root: Path | None = None, source: Path | None = None) -> list[Path]:
@@ -108,16 +113,29 @@ def draw_split(train_labels: np.ndarray, test_labels: np.ndarray, *, seed: int, 
     return rest[:pretrain], rng.permutation(office_train), office_val
 
 
+def data_stamp(seed: int, pretrain: int = SIZES["pretrain"], train_per_class: int = SIZES["train_per_class"],
+               val_per_class: int = SIZES["val_per_class"]) -> dict:
+    """What `write_fashion` writes, as its folder's stamp says it."""
+    return {"writer": "hw1.fashion", "preset": "fashion", "seed": seed,
+            "counts": {"pretrain": pretrain, "train_per_class": train_per_class, "val_per_class": val_per_class}}
+
+
 def write_fashion(root: str | Path, *, seed: int = 0, pretrain: int = SIZES["pretrain"],
                   train_per_class: int = SIZES["train_per_class"], val_per_class: int = SIZES["val_per_class"],
-                  source: Path | None = None) -> Path:
-    """Write the course layout under `root` from the idx files in `source` (default: searched, `find_dir`)."""
+                  source: Path | None = None, replace: bool = False) -> Path:
+    """Write the course layout under `root` from the idx files in `source` (default: searched, `find_dir`), or
+    reuse it when `root` already holds it; other data there is refused unless `replace`."""
     root = Path(root)
+    stamp = data_stamp(seed, pretrain, train_per_class, val_per_class)
+    if is_written(root, stamp):
+        return root
+    check_free(root, stamp, OWNED, replace=replace)
     source = find_dir(root, source)
     train_x, train_y = load_split(source, "train")
     test_x, test_y = load_split(source, "test")
     mini_idx, office_train, office_val = draw_split(train_y, test_y, seed=seed, pretrain=pretrain,
                                                     train_per_class=train_per_class, val_per_class=val_per_class)
+    begin_write(root, stamp, OWNED)
     mini = io.ensure_dir(root / "p1_data" / "mini" / "train")
     counts: dict[int, int] = {}
     for i in mini_idx:
@@ -133,6 +151,7 @@ def write_fashion(root: str | Path, *, seed: int = 0, pretrain: int = SIZES["pre
             _save(xs[i], folder / name)
             rows.append([n, name, int(ys[i])])
         io.write_csv(office / f"{split}.csv", ["id", "filename", "label"], rows)
+    end_write(root, stamp)
     return root
 
 
@@ -143,7 +162,8 @@ def _save(pixels: np.ndarray, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="sample_data/fashion", help="folder to write (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="folder to write (default: sample_data/fashion for seed 0, "
+                                                    "sample_data/fashion_s<seed> otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="draws the split (default: %(default)s)")
     parser.add_argument("--pretrain", type=int, default=SIZES["pretrain"],
                         help="unlabelled pre-training images (default: %(default)s)")
@@ -152,11 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-per-class", type=int, default=SIZES["val_per_class"],
                         help="validation images per class, from the test set (default: %(default)s)")
     parser.add_argument("--source", default=None, help="folder of the four idx files (default: searched, SPEC §10)")
+    parser.add_argument("--replace", action="store_true",
+                        help="delete another seed's or size's data (or unstamped data) in --out, then write")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = parser.parse_args(argv)
-    root = write_fashion(args.out, seed=args.seed, pretrain=args.pretrain, train_per_class=args.train_per_class,
-                         val_per_class=args.val_per_class, source=Path(args.source) if args.source else None)
-    print(f"wrote {root}")
+    out = Path(args.out) if args.out else default_root("fashion", args.seed)
+    sizes = dict(pretrain=args.pretrain, train_per_class=args.train_per_class, val_per_class=args.val_per_class)
+    done = "reused" if is_written(out, data_stamp(args.seed, **sizes)) else "wrote"
+    root = write_fashion(out, seed=args.seed, source=Path(args.source) if args.source else None,
+                         replace=args.replace, **sizes)
+    print(f"{done} {root}")
 
 
 if __name__ == "__main__":
