@@ -1,154 +1,249 @@
-"""BYOL side by side: this project's pipeline (batched views, and per-image views) and byol-pytorch's README pipeline,
-on the same images, model, batch, optimiser, schedule and steps; only the pipeline differs.
+"""BYOL side by side: this project's pipeline against byol-pytorch's, with only the pipeline differing.
 
-Each pipeline trains from the same random initialisation (the seed) and is scored by the project's kNN monitor
-(`pretraining.KnnMonitor`: cosine kNN, Office-Home-layout train → val, pooled backbone features) at step 0 and
-every --eval-every steps, with the training images/s between evaluations. Writes OUT/ssl.json, OUT/ssl.md and
-OUT/ssl.png (kNN against steps and against seconds), and says where each curve crosses its random initialisation.
+Every row trains through the project's one loop (`engine.fit`) on the same images, batch, optimiser (AdamW) and
+learning-rate schedule over exactly --steps, from one start: a seeded ResNet, its BatchNorm buffers included, and
+one projector and predictor, loaded into each model after it is built (byol-pytorch's constructor probes its
+network in train mode, which moves the buffers). Projector and predictor have the same sizes, simplicial embeddings
+off. The rows (`ROWS`):
 
-    python -m hw1.fashion --out sample_data/fashion
-    python -m benchmarks.ssl_bench --data-root sample_data/fashion --out runs/ssl
+- equal views: ours with its per-image views against byol-pytorch fed the same views through its `augment_fn`
+  hooks; what is left to differ is the pipeline (ours: cosine target EMA from --ema-start to 1 over --steps;
+  byol-pytorch: its `update_moving_average()`, fixed 0.99);
+- own views: ours with the batched views (`--gpu-aug`, what the presets run) against byol-pytorch's batch-wide
+  augmentation;
+- byol-pytorch as its README ships it (4096-wide heads, simplicial embeddings on): the backbone's start is shared.
+
+Each row is scored by the project's kNN monitor (`pretraining.KnnMonitor`: Office-Home-layout train → val) at step 0
+and every --eval-every steps. A row's curve is saved as it finishes (OUT/curves/ROW-seedS.json) and a saved one is
+not run again, so the rows may span sessions; images/s is the median, min and max of --time-repeats timed runs of
+--time-steps steps (OUT/timing/ROW.json). OUT/ssl.json, ssl.md and ssl.png gather what is saved.
+
+    python -m hw1.fashion --out sample_data/fashion --seed 0
+    python -m benchmarks.ssl_bench --data-root sample_data/fashion --out runs/ssl --rows equal --seeds 0 1
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import statistics
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hw1 import cache, data, distributed, io, optim
-from hw1.errors import run_main
-from hw1.pretraining import KnnMonitor, PretrainConfig, Pretraining
+from hw1 import cache, data, distributed, engine, io, train_config
+from hw1.byol import SelectView, TargetEMA, build_byol
+from hw1.errors import UserError, run_main
+from hw1.models import build_resnet
+from hw1.pretraining import PretrainConfig, Pretraining
 
-PIPELINES = ("ours-gpu-aug", "ours-per-image", "byol-pytorch")
+from . import byol_reference
+from .common import sync
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pipeline of the side by side."""
+
+    label: str
+    ours: bool              # this project's BYOL (else byol-pytorch's, `byol_reference`)
+    per_image_views: bool   # our views made per image in the loader (else uint8 batches: ours batched, or theirs)
+    readme: bool = False    # byol-pytorch with every README default (its heads differ: only the backbone is shared)
+    target: str = ""        # the target update: "cosine" (ours, over --steps) or "fixed" (byol-pytorch's 0.99)
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            object.__setattr__(self, "target", "cosine" if self.ours else "fixed")
+
+
+ROWS = {
+    "ours-per-image": Row("ours, per-image views", ours=True, per_image_views=True),
+    "byol-pytorch-equal": Row("byol-pytorch, our per-image views", ours=False, per_image_views=True),
+    "ours-batched": Row("ours, batched views (--gpu-aug)", ours=True, per_image_views=False),
+    "byol-pytorch-own": Row("byol-pytorch, its batch-wide views", ours=False, per_image_views=False),
+    "byol-pytorch-readme": Row("byol-pytorch as its README ships it", ours=False, per_image_views=False,
+                               readme=True),
+}
+GROUPS = {"equal": ["ours-per-image", "byol-pytorch-equal"], "own": ["ours-batched", "byol-pytorch-own"],
+          "readme": ["byol-pytorch-readme"]}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True, help="hw1_data layout: mini/train to train, office to score")
     parser.add_argument("--out", default="runs/ssl", help="default: %(default)s")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *GROUPS],
+                        help="rows or groups of rows (equal, own, readme) to run (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--arch", default="resnet18", help="default: %(default)s")
     parser.add_argument("--image-size", type=int, default=32, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=300, help="optimiser steps per pipeline (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=50, help="default: %(default)s")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW, for every pipeline (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s (the fashion preset's)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps a row (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=100, help="default: %(default)s")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW, for every row (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="default: %(default)s")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="then cosine to 0 (default: %(default)s)")
-    parser.add_argument("--projection-hidden-size", type=int, default=1024, help="default: %(default)s")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="then cosine to 0 at --steps")
+    parser.add_argument("--ema-start", type=float, default=0.99, help="ours: cosine to 1 at --steps")
+    parser.add_argument("--crop-min-scale", type=float, default=0.2, help="our views (default: the fashion preset's)")
+    parser.add_argument("--projection-hidden-size", type=int, default=1024, help="every row but the README's")
+    parser.add_argument("--time-steps", type=int, default=20, help="timed steps a repeat (default: %(default)s)")
+    parser.add_argument("--time-repeats", type=int, default=3, help="0: no timing (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="gather the saved curves and timings; train nothing")
     parser.add_argument("--workers", type=int, default=1, help="loader processes (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
-def _pretraining(args: argparse.Namespace, gpu_aug: bool, world: distributed.World,
-                 device: torch.device) -> Pretraining:
-    """This project's BYOL pre-training, built as p1_pretrain.py builds it (model, views, loader, EMA, monitor)."""
-    import p1_pretrain
-
-    flags = p1_pretrain.get_args_parser().parse_args([
-        "--data-root", args.data_root, "--out", str(Path(args.out) / "unused"), "--arch", args.arch,
-        "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-        "--seed", str(args.seed), "--projection-hidden-size", str(args.projection_hidden_size), "--no-cache",
-        "--gpu-aug" if gpu_aug else "--no-gpu-aug", "--precision", "fp32",
-        "--epochs", str(1 + args.steps * args.batch_size // max(1, len(data.mini_paths(args.data_root)))),
-    ])
-    return Pretraining(PretrainConfig.from_args(flags), cache.CacheConfig.from_args(flags), world, device)
+# ---------------------------------------------------------------- one start for every row
 
 
-class ByolPytorchReadme:
-    """byol-pytorch as its README shows it: `BYOL(resnet, image_size, hidden_layer='avgpool')` with every default
-    (its batch-wide augmentation, one draw for the whole batch; in 0.9.1 simplicial embeddings on), and
-    `update_moving_average()` after each step (decay 0.99). Fed the same uint8 images, as floats in [0, 1]."""
+def start_state(args: argparse.Namespace, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """The seed's network (BatchNorm buffers as initialised) and one projector and predictor of the shared sizes."""
+    distributed.seed_everything(seed)
+    net = build_resnet(args.arch)
+    heads = build_byol(args.arch, args.image_size, torch.device("cpu"),
+                       projection_hidden_size=args.projection_hidden_size)
+    return {"net": net.state_dict(), "projector": heads.online_encoder.projector.state_dict(),
+            "predictor": heads.online_predictor.state_dict()}
 
-    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        import torchvision
-        from byol_pytorch import BYOL
 
-        self.net = torchvision.models.get_model(args.arch, weights=None).to(device)
-        self.model = BYOL(self.net, image_size=args.image_size, hidden_layer="avgpool")
-        self.size = args.image_size
+def load_start(model: nn.Module, start: dict[str, dict[str, torch.Tensor]], heads: bool) -> None:
+    """Overwrite a built BYOL's online network (and heads) with the start; its target becomes their copy."""
+    net = model.online_encoder.net
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in start["net"].items() if k in own})  # ours has no `fc`
+    if heads:
+        model.online_encoder.projector.load_state_dict(start["projector"])
+        model.online_predictor.load_state_dict(start["predictor"])
+    model.target_encoder.load_state_dict(model.online_encoder.state_dict())
+
+
+# ---------------------------------------------------------------- one row through engine.fit
+
+
+class RowRun:
+    """One row at one seed: its model, loader and hooks, and its curve (kNN at step 0 and every `eval_every`)."""
+
+    def __init__(self, row: Row, args: argparse.Namespace, seed: int, device: torch.device,
+                 start: dict[str, dict[str, torch.Tensor]], steps: int, eval_every: int | None, work: Path) -> None:
+        self.row, self.args, self.seed, self.device = row, args, seed, device
+        self.steps, self.eval_every = steps, eval_every  # eval_every None: no evaluation (timing)
+        self.flags = _pretrain_flags(args, seed, steps, row.per_image_views, work)
+        pretraining = Pretraining(PretrainConfig.from_args(self.flags), cache.CacheConfig.from_args(self.flags),
+                                  distributed.World(), device)
+        self.loader, self.monitor = pretraining.loader, pretraining.monitor
+        if eval_every and self.monitor is None:
+            raise UserError(args.data_root, "no Office-Home sets (p1_data/office) for the kNN monitor",
+                            "write the data with python -m hw1.fashion")
+        self.before_step = pretraining.before_step if pretraining.views else None
+        if row.ours:
+            self.model = pretraining.model
+        else:
+            hooks = (SelectView(0), SelectView(1)) if row.per_image_views else None
+            self.model = byol_reference.build(
+                args.arch, args.image_size, device, augment_fns=hooks,
+                projection_hidden_size=4096 if row.readme else args.projection_hidden_size, simplicial=row.readme)
+        load_start(self.model, start, heads=not row.readme)
+        self.backbone = self.model.online_encoder.net
+        self.ema = TargetEMA(self.model, steps, args.ema_start) if row.target == "cosine" else None
+        self.curve: list[dict] = []
+        self.stamps: list[float] = []  # after each step, evaluation excluded
+        self._last_loss = torch.zeros(())
 
     def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        x = batch[0].float().div_(255)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return model(x)
+        x = batch[0]
+        if not self.row.ours and not self.row.per_image_views:
+            x = byol_reference.float_batch(x, self.args.image_size)
+        loss = model(x)
+        self._last_loss = loss.detach()
+        return loss
 
     def after_step(self, step: int) -> None:
-        self.model.update_moving_average()
+        """The target update, then a time stamp; the monitor when due (its time left out of the stamps)."""
+        if self.ema is not None:
+            self.ema(step)
+        else:
+            self.model.update_moving_average()
+        sync(self.device)
+        now = time.perf_counter()
+        self.stamps.append(now)
+        done = step + 1
+        if self.eval_every and (done % self.eval_every == 0 or done == self.steps):
+            row = self.score(done)
+            window = [s for s in self.curve if s["step"] < done][-1]["step"]
+            seconds = self.stamps[-1] - self.stamps[window - 1] if window else self.stamps[-1] - self.t0
+            row.update(loss=round(self._last_loss.item(), 4),
+                       images_per_s=round((done - window) * self.args.batch_size / seconds, 1))
+            self.curve.append(row)
+            print(f"{self.row.label} (seed {self.seed}) step {done}: kNN {row['knn_acc']:.3f}, "
+                  f"view gap {row['view_gap']:.3f}, {row['images_per_s']} img/s", flush=True)
+            shift = time.perf_counter() - now  # the evaluation's time: taken out of every stamp so far
+            self.stamps = [s + shift for s in self.stamps]
+            self.t0 += shift
+            self.model.train()
 
-
-def batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[tuple]:
-    """The loader's batches epoch after epoch, on the device."""
-    epoch = 0
-    while True:
-        loader.sampler.set_epoch(epoch, 0)  # type: ignore[attr-defined]
-        for batch in loader:
-            yield tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
-        epoch += 1
-
-
-def run_pipeline(name: str, args: argparse.Namespace, world: distributed.World, device: torch.device) -> dict:
-    """Train one pipeline for --steps from the seed's initialisation; the monitor at 0 and every --eval-every."""
-    distributed.seed_everything(args.seed)
-    pretraining = _pretraining(args, gpu_aug=name != "ours-per-image", world=world, device=device)
-    monitor: KnnMonitor = pretraining.monitor  # type: ignore[assignment]
-    if name.startswith("ours"):
-        model, backbone, loss_fn = pretraining.model, pretraining.backbone, pretraining.loss
-        before = pretraining.before_step if pretraining.views else None
-        after: Callable[[int], None] = pretraining.ema  # type: ignore[assignment]
-    else:  # byol-pytorch's model, augmentation and EMA, on the batched pipeline's uint8 loader
-        distributed.seed_everything(args.seed)  # the same initial weights as ours
-        reference = ByolPytorchReadme(args, device)
-        model, backbone, loss_fn, before, after = (reference.model, reference.net, reference.loss, None,
-                                                   reference.after_step)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = optim.build_optimizer(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), fused=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.warmup_cosine_lambda(args.warmup_steps, args.steps))
-
-    def score(step: int, train_s: float) -> dict:
-        model.eval()
+    def score(self, step: int) -> dict:
+        self.model.eval()
         with torch.no_grad():
-            row = {"step": step, "train_s": round(train_s, 1), **monitor(backbone)}
-        model.train()
+            row = {"step": step, **self.monitor(self.backbone)}  # type: ignore[misc]
         return row
 
-    curve = [score(0, 0.0)]
-    train_s, window_s = 0.0, 0.0
-    stream = batches(pretraining.loader, device)
-    model.train()
-    for step in range(args.steps):
-        t0 = time.perf_counter()
-        batch = next(stream)  # the wait for data counts: the per-image pipeline's views are made in its loader
-        if before:
-            before(step)
-        loss = loss_fn(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        after(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        train_s, window_s = train_s + dt, window_s + dt
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            row = score(step + 1, train_s)
-            done = step + 1 - curve[-1]["step"]
-            row.update(loss=round(loss.item(), 4), images_per_s=round(done * args.batch_size / window_s, 1))
-            curve.append(row)
-            window_s = 0.0
-            print(f"{name} step {row['step']}: kNN {row['knn_acc']:.3f}, view gap {row['view_gap']:.3f}, "
-                  f"{row['images_per_s']} img/s", flush=True)
-    return {"pipeline": name, "curve": curve, "crosses_at": crossing(curve)}
+    def fit(self) -> list[dict]:
+        self.curve = [self.score(0)] if self.eval_every else []
+        task = engine.Task(model=self.model, loss_fn=self.loss, meta={"task": "ssl-bench", "arch": self.args.arch},
+                           before_step=self.before_step, after_step=self.after_step, keep_best=False)
+        cfg = dataclasses.replace(train_config.TrainConfig.from_args(self.flags), schedule_steps=self.steps)
+        self.model.train()
+        self.t0 = time.perf_counter()
+        engine.fit(cfg, task, self.loader, distributed.World(), self.device)
+        return self.curve
+
+
+def _pretrain_flags(args: argparse.Namespace, seed: int, steps: int, per_image: bool,
+                    work: Path) -> argparse.Namespace:
+    """p1_pretrain.py's flags for a row: its loader, views and monitor are the project's own."""
+    import p1_pretrain
+
+    images = len(data.mini_paths(args.data_root))
+    epochs = math.ceil(steps / max(1, images // args.batch_size))
+    return p1_pretrain.get_args_parser().parse_args([
+        "--data-root", args.data_root, "--out", str(work), "--arch", args.arch,
+        "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+        "--seed", str(seed), "--projection-hidden-size", str(args.projection_hidden_size), "--no-cache",
+        "--no-gpu-aug" if per_image else "--gpu-aug", "--precision", "fp32", "--device", args.device,
+        "--crop-min-scale", str(args.crop_min_scale), "--ema-start", str(args.ema_start),
+        "--lr", str(args.lr), "--weight-decay", str(args.weight_decay), "--warmup-steps", str(args.warmup_steps),
+        "--epochs", str(epochs), "--max-steps", str(steps), "--save-every", str(epochs + 1),
+    ])
+
+
+def run_row(name: str, args: argparse.Namespace, seed: int, device: torch.device, work: Path) -> dict:
+    """One row's curve at one seed, to --steps."""
+    run = RowRun(ROWS[name], args, seed, device, start_state(args, seed), args.steps, args.eval_every,
+                 work / f"{name}-seed{seed}")
+    curve = run.fit()
+    return {"row": name, "label": ROWS[name].label, "seed": seed, "steps": args.steps, "curve": curve,
+            "crosses_at": crossing(curve)}
+
+
+def time_row(name: str, args: argparse.Namespace, device: torch.device, work: Path) -> dict:
+    """images/s of --time-steps steps after 3 untimed ones, --time-repeats times (evaluation off)."""
+    rates = []
+    for repeat in range(args.time_repeats):
+        run = RowRun(ROWS[name], args, 0, device, start_state(args, 0), 3 + args.time_steps, None,
+                     work / f"{name}-timing{repeat}")
+        run.fit()
+        rates.append(args.time_steps * args.batch_size / (run.stamps[-1] - run.stamps[2]))
+    return {"row": name, "images_per_s": [round(r, 1) for r in rates], "median": round(statistics.median(rates), 1),
+            "threads": torch.get_num_threads(), "device": str(device)}
+
+
+# ---------------------------------------------------------------- the report
 
 
 def crossing(curve: list[dict]) -> int | None:
@@ -157,60 +252,102 @@ def crossing(curve: list[dict]) -> int | None:
     return next((row["step"] for row in curve[1:] if row["knn_acc"] > start), None)
 
 
+def equal_views_verdict(results: list[dict]) -> str:
+    """Ours against byol-pytorch with equal views at the last step: the gap per seed against the seeds' spread."""
+    final = {(r["row"], r["seed"]): r["curve"][-1]["knn_acc"] for r in results}
+    seeds = sorted({s for (row, s) in final if row == "ours-per-image"}
+                   & {s for (row, s) in final if row == "byol-pytorch-equal"})
+    if not seeds:
+        return "Equal views: not run."
+    gaps = [final[("ours-per-image", s)] - final[("byol-pytorch-equal", s)] for s in seeds]
+    spread = max((max(final[(row, s)] for s in seeds) - min(final[(row, s)] for s in seeds))
+                 for row in ("ours-per-image", "byol-pytorch-equal"))
+    text = (f"Equal views, last step: ours − byol-pytorch = {', '.join(f'{g:+.3f}' for g in gaps)} "
+            f"(seeds {', '.join(map(str, seeds))}); the seeds' spread within a row: {spread:.3f}")
+    if len(seeds) < 2:
+        return text + " (one seed: no spread yet)."
+    if max(gaps) < 0 and -max(gaps) > spread:
+        return text + ". Ours trails by more than the spread: a defect to find."
+    return text + ". Ours does not trail by more than the spread."
+
+
+def markdown(results: list[dict], timings: dict[str, dict]) -> str:
+    steps = sorted({row["step"] for r in results for row in r["curve"]})
+    lines = ["| row | seed | " + " | ".join(f"kNN @ {s}" for s in steps) + " | crosses its start | images/s |",
+             "|---|---|" + "---|" * (len(steps) + 2)]
+    for r in results:
+        at = {row["step"]: row["knn_acc"] for row in r["curve"]}
+        crosses = f"step {r['crosses_at']}" if r["crosses_at"] else f"no, within {r['steps']} steps"
+        timing = timings.get(r["row"])
+        rate = (f"{timing['median']} ({min(timing['images_per_s'])}–{max(timing['images_per_s'])})"
+                if timing else "—")
+        lines.append(f"| {r['label']} | {r['seed']} | " + " | ".join(f"{at[s]:.3f}" if s in at else "" for s in steps)
+                     + f" | {crosses} | {rate} |")
+    return "\n".join(lines) + "\n\n" + equal_views_verdict(results) + "\n"
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for r in results:
-        steps = [row["step"] for row in r["curve"]]
-        seconds = [row["train_s"] for row in r["curve"]]
-        knn = [row["knn_acc"] for row in r["curve"]]
-        axes[0].plot(steps, knn, marker="o", label=r["pipeline"])
-        axes[1].plot(seconds, knn, marker="o", label=r["pipeline"])
-    for ax, xlabel in zip(axes, ("optimiser step", "training seconds (evaluation excluded)")):
-        ax.axhline(results[0]["curve"][0]["knn_acc"], color="grey", linestyle="--", linewidth=1,
-                   label="random initialisation")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("kNN accuracy (monitor)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+        style = "-" if ROWS[r["row"]].ours else "--"
+        ax.plot([row["step"] for row in r["curve"]], [row["knn_acc"] for row in r["curve"]], style, marker="o",
+                markersize=3, label=f"{r['label']}, seed {r['seed']}")
+        ax.axhline(r["curve"][0]["knn_acc"], color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("kNN accuracy (monitor); dotted: each start")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def markdown(results: list[dict], args: argparse.Namespace) -> str:
-    steps = [row["step"] for row in results[0]["curve"]]
-    lines = ["| pipeline | " + " | ".join(f"kNN @ {s}" for s in steps) + " | images/s | crosses its start |",
-             "|---|" + "---|" * (len(steps) + 2)]
-    for r in results:
-        rates = [row["images_per_s"] for row in r["curve"][1:] if row.get("images_per_s")]
-        crosses = f"step {r['crosses_at']}" if r["crosses_at"] else f"no, within {args.steps} steps"
-        lines.append(f"| {r['pipeline']} | " + " | ".join(f"{row['knn_acc']:.3f}" for row in r["curve"])
-                     + f" | {sorted(rates)[len(rates) // 2] if rates else '—'} | {crosses} |")
-    return "\n".join(lines) + "\n"
+def gather(out: Path) -> tuple[list[dict], dict[str, dict]]:
+    """The saved curves (in ROWS order, then seed) and timings."""
+    results = [json.loads(p.read_text()) for p in sorted((out / "curves").glob("*.json"))]
+    results.sort(key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
+    timings = {t["row"]: t for t in (json.loads(p.read_text()) for p in sorted((out / "timing").glob("*.json")))}
+    return results, timings
+
+
+def report(out: Path) -> str:
+    results, timings = gather(out)
+    if not results:
+        raise UserError(str(out / "curves"), "no saved curve", "run the side by side first")
+    table = markdown(results, timings)
+    io.write_json(out / "ssl.json", {"results": results, "timings": timings})
+    io.write_text(out / "ssl.md", table)
+    plot(results, out / "ssl.png")
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = distributed.setup_device(args.device)
-    world = distributed.World()
     out = io.ensure_dir(args.out)
-    results = []
-    for name in args.pipelines:
-        results.append(run_pipeline(name, args, world, device))
-        io.write_json(out / "ssl.json", {"args": vars(args), "results": results})  # each pipeline as it ends
-    table = markdown(results, args)
-    io.write_text(out / "ssl.md", table)
-    plot(results, out / "ssl.png")
-    print(table)
-    print(json.dumps({r["pipeline"]: r["crosses_at"] for r in results}))
+    if not args.report_only:
+        device = distributed.setup_device(args.device)
+        names = list(dict.fromkeys(n for name in args.rows for n in GROUPS.get(name, [name])))
+        with tempfile.TemporaryDirectory(dir=out) as tmp:  # engine.fit's log.csv and last.pt, not kept
+            work = Path(tmp)
+            for name in names:
+                timing = out / "timing" / f"{name}.json"
+                if args.time_repeats and not timing.exists():
+                    io.write_json(io.ensure_dir(timing.parent) / timing.name, time_row(name, args, device, work))
+                for seed in args.seeds:
+                    curve = out / "curves" / f"{name}-seed{seed}.json"
+                    if curve.exists():
+                        print(f"{curve} saved already: kept")
+                        continue
+                    io.write_json(io.ensure_dir(curve.parent) / curve.name, run_row(name, args, seed, device, work))
+    print(report(out))
 
 
 if __name__ == "__main__":

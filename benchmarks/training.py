@@ -17,13 +17,12 @@ import torch
 from hw1 import data, distributed, engine, train_config
 from hw1.gpu_aug import batch_views
 
+from . import byol_reference
 from .common import PeakMemory, pretrain_args, rate, sync, timed_steps
 
 
 def bench_byol_pytorch(cfg: argparse.Namespace, device: torch.device) -> dict:
-    """(a) byol-pytorch's README: BYOL(resnet, image_size, hidden_layer='avgpool'), Adam 3e-4, fp32."""
-    import torchvision
-    from byol_pytorch import BYOL
+    """(a) byol-pytorch's README (`byol_reference`), Adam 3e-4, fp32, fed by a PIL loader."""
     from torch.utils.data import DataLoader
     from torchvision.transforms import v2 as T
 
@@ -32,9 +31,8 @@ def bench_byol_pytorch(cfg: argparse.Namespace, device: torch.device) -> dict:
     dataset = data.ImageListDataset(data.mini_paths(cfg.data_root), transform=tf)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True)
-    resnet = getattr(torchvision.models, cfg.arch)(weights=None).to(device)
     with PeakMemory(device) as mem:
-        learner = BYOL(resnet, image_size=cfg.image_size, hidden_layer="avgpool")
+        learner = byol_reference.build(cfg.arch, cfg.image_size, device)
         opt = torch.optim.Adam(learner.parameters(), lr=3e-4)
         batches = iter(loader)
 

@@ -71,6 +71,7 @@ class TrainConfig:
     compile: bool
     print_model: bool
     flags: dict
+    schedule_steps: int | None = None  # the warm-up/cosine's length; None: the epochs' steps
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
