@@ -10,6 +10,11 @@ output to RUNS/logs/<stage>.log. A stage that finished before (RUNS/stages.json)
 exist is skipped, so a stopped run continues where it stopped (training resumes from its
 last.pt); --force runs everything again from scratch.
 
+The data the sample, tiny and fashion presets write goes to a folder of the preset and seed (sample_data/<preset>,
+sample_data/<preset>_s<seed> for a seed other than 0). Its stamp (hw1/sample_data.py) says what it holds: the same
+data is reused as it is (Fashion-MNIST's idx files are then not needed), and other data there stops the run with one
+line before any stage, unless --force, which then deletes exactly the files the data stage writes, and writes them.
+
     python reproduce.py --preset sample
     python reproduce.py --preset full --data-root hw1_data --sam-checkpoint checkpoints/sam_vit_b_01ec64.pth
 """
@@ -29,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from hw1 import fashion, io  # noqa: E402
+from hw1 import fashion, io, sample_data  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
 from hw1.finetune_recipe import RECIPES  # noqa: E402
-from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags  # noqa: E402
+from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
 from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
 from hw1.settings import SETTINGS  # noqa: E402
 from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
@@ -43,20 +48,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(PRESETS), default="sample", help="default: %(default)s")
     parser.add_argument("--data-root", default=None,
                         help="course data (full) or where to write the sample data (default: hw1_data for full, "
-                             "sample_data/<preset> otherwise)")
+                             "sample_data/<preset> otherwise, sample_data/<preset>_s<seed> for a seed other than 0)")
     parser.add_argument("--runs", default=None, help="run folders go here (default: runs/<preset>)")
     parser.add_argument("--report", default="report", help="REPORT.md and its PNGs go here (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="seed",
                         help="the fine-tuning recipe of every fine-tuning stage (p1_finetune.py --recipe); strong runs "
-                             "in folders of its own beside the seed's, from the same backbones, and the report shows "
-                             "both when both ran (default: %(default)s)")
+                             "in folders of its own beside the seed's, from the same backbones, but for the settings "
+                             "it fine-tunes with the seed's flags (A–C, and C's t-SNE), whose seed runs it shares (run "
+                             "once); the report shows both when both ran (default: %(default)s)")
     parser.add_argument("--sam-checkpoint", default=None,
                         help="run Segment Anything with these weights (sam_vit_*.pth)")
     parser.add_argument("--sam-model-type", choices=["vit_h", "vit_l", "vit_b"], default=None,
                         help="default: read from the checkpoint's name")
-    parser.add_argument("--force", action="store_true", help="run every stage again from scratch")
+    parser.add_argument("--force", action="store_true",
+                        help="run every stage again from scratch; replaces other data in --data-root (another "
+                             "preset's or seed's, or unstamped) by the preset's")
     parser.add_argument("--report-only", action="store_true", help="run no stage; write the report from what exists")
     parser.add_argument("--in-process", action="store_true",
                         help="run the Python stages inside this process (faster start; for tests), not as subprocesses")
@@ -69,21 +77,35 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
     common = ["--data-root", str(data), "--device", args.device, "--seed", str(args.seed)]
     if preset["workers"] is not None:
         common += ["--workers", preset["workers"]]
-    first: list[Stage] = []
-    if preset["sample_data"] == "fashion":  # real images: the split is drawn by the seed, as training is
-        first.append(Stage("Fashion-MNIST data", [PY, "-m", "hw1.fashion", "--out", str(data),
-                                                  "--seed", str(args.seed)],
-                           [data / "p1_data" / "office" / "val.csv"]))
-    elif preset["sample_data"]:
-        first.append(Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data),
-                                           "--preset", preset["sample_data"], "--seed", str(args.seed)],
-                           [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"]))
+    first = [stage for stage in [data_stage(args, preset)] if stage is not None]
     after = [s.name for s in first]  # every later stage reads the data the first one writes
     problems = preset.get("problems", ("p1", "p2"))
     return [*first, *(p1_stages(preset, data, layout, common, after) if "p1" in problems else []),
             *(p2_stages(preset, data, layout, common, after) if "p2" in problems else []),
             *model_tree_stages(layout, common, after, problems),
             *(sam_stages(args, data, layout, after) if "p2" in problems else [])]
+
+
+def data_stage(args: argparse.Namespace, preset: dict) -> Stage | None:
+    """The stage that writes the preset's data (None: the course data, which nothing writes)."""
+    data = Path(args.data_root)
+    if preset["sample_data"] == "fashion":  # real images: the split is drawn by the seed, as training is
+        return Stage("Fashion-MNIST data", [PY, "-m", "hw1.fashion", "--out", str(data), "--seed", str(args.seed)],
+                     [data / "p1_data" / "office" / "val.csv"])
+    if preset["sample_data"]:
+        return Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data),
+                                     "--preset", preset["sample_data"], "--seed", str(args.seed)],
+                     [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"])
+    return None
+
+
+def data_write(args: argparse.Namespace, preset: dict) -> tuple[dict, tuple[str, ...]] | None:
+    """The stamp of the data the preset writes with `args.seed`, and the paths its writer owns (None: course data)."""
+    if preset["sample_data"] == "fashion":
+        return fashion.data_stamp(args.seed), fashion.OWNED
+    if preset["sample_data"]:
+        return sample_data.data_stamp(preset["sample_data"], args.seed), sample_data.OWNED
+    return None
 
 
 def _script(name: str) -> list[str]:
@@ -109,19 +131,20 @@ def p1_stages(preset: dict, data: Path, layout: Layout, common: list[str], after
         supervised, supervised_stage = layout.pretrain_supervised / "backbone_last.pt", ["pre-train supervised"]
     sources = {"none": ([], []), "supervised": ([supervised], supervised_stage),
                "byol": ([layout.pretrain_byol / "backbone_last.pt"], ["pre-train BYOL"])}
-    # the seed recipe's stages keep their names (a runs folder from before --recipe continues); another's say it
-    named = "" if layout.recipe == "seed" else f" ({layout.recipe})"
+    # The seed recipe's stages keep their names (a runs folder from before --recipe continues); another's say it. A
+    # setting that another recipe fine-tunes with the seed's flags (layout.shared) is the seed's stage: run once.
+    named = {s: "" if layout.run_recipe(s) == "seed" else f" ({layout.recipe})" for s in SETTINGS}
     for name, setting in SETTINGS.items():  # A–E and the control E0 (a random backbone, as A)
         backbone, needs = sources[setting.backbone]
-        stages.append(_train(f"fine-tune {name}{named}", "p1_finetune.py", layout.finetune(name),
+        stages.append(_train(f"fine-tune {name}{named[name]}", "p1_finetune.py", layout.finetune(name),
                              common + ["--setting", name, *[a for b in backbone for a in ("--backbone", str(b))],
                                        "--results", str(layout.p1_results)]
-                             + finetune_flags(preset, setting.frozen, layout.recipe),
+                             + finetune_flags(preset, setting.frozen, layout.run_recipe(name), setting.needs_backbone),
                              ["first.pt", "last.pt"], after + needs))
     c = layout.finetune("C")
-    stages.append(Stage(f"t-SNE{named}", _script("p1_tsne.py") + common + [
+    stages.append(Stage(f"t-SNE{named['C']}", _script("p1_tsne.py") + common + [
         "--checkpoints", str(c / "first.pt"), str(c / "last.pt"), "--out", str(layout.tsne), *preset["tsne"]],
-        [layout.tsne / "tsne_scores.json"], needs=after + [f"fine-tune C{named}"]))
+        [layout.tsne / "tsne_scores.json"], needs=after + [f"fine-tune C{named['C']}"]))
     return stages
 
 
@@ -189,8 +212,16 @@ def check_inputs(args: argparse.Namespace, preset: dict) -> None:
     if preset["sample_data"] is None and not (Path(args.data_root) / "p1_data").is_dir():
         raise UserError(args.data_root, "course data not found (no p1_data/)",
                         "pass --data-root with the course's hw1_data, or use --preset sample")
-    if preset["sample_data"] == "fashion" and not args.report_only:
-        fashion.find_dir(Path(args.data_root))  # no idx files: one line with both ways to get them
+    written = data_write(args, preset)
+    data = Path(args.data_root)
+    if written is not None and not args.report_only and not sample_data.is_written(data, written[0]):
+        problem = sample_data.conflict(data, *written)  # another preset's or seed's data: never mixed with ours
+        if problem and not args.force:
+            raise UserError(data, problem, f"`{data_stage(args, preset).command()} --replace` replaces it (only the "
+                                           "files that command writes), --force does too and runs every stage again; "
+                                           "or pass --data-root another folder")
+        if preset["sample_data"] == "fashion":
+            fashion.find_dir(data)  # no idx files: one line with both ways to get them
     if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
         raise UserError(args.sam_checkpoint, "SAM checkpoint not found",
                         "download https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth (vit_b) "
@@ -200,12 +231,17 @@ def check_inputs(args: argparse.Namespace, preset: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     preset = PRESETS[args.preset]
-    args.data_root = args.data_root or ("hw1_data" if preset["sample_data"] is None else f"sample_data/{args.preset}")
-    layout = Layout(Path(args.runs or f"runs/{args.preset}"), args.recipe)
+    args.data_root = args.data_root or str("hw1_data" if preset["sample_data"] is None
+                                           else sample_data.default_root(args.preset, args.seed))
+    layout = Layout(Path(args.runs or f"runs/{args.preset}"), args.recipe, shared_with_seed(preset))
     check_inputs(args, preset)
     if args.force and layout.runs.exists() and not args.report_only:
         print(f"--force: removing {layout.runs} to start from scratch")
         shutil.rmtree(layout.runs)
+    written = data_write(args, preset)
+    if args.force and written and not args.report_only and sample_data.conflict(args.data_root, *written):
+        print(f"--force: removing the other data in {args.data_root} ({', '.join(written[1])})")
+        sample_data.remove_write(args.data_root, written[1])
     stages = plan(args, layout)
     records: dict = json.loads(layout.stages.read_text()) if layout.stages.is_file() else {}
     ran_now: list[str] = []

@@ -2,7 +2,8 @@
 
 Reads the backbones of `reproduce.py --preset fashion` runs (one runs folder and one data folder per seed), fine-tunes
 each setting with the preset's flags plus one variant's, and writes OUT/runs.csv (one row a run) and OUT/table.md
-(the mean over seeds, and the change from the seed recipe, per setting). A run already in runs.csv is skipped.
+(the mean over seeds, and the change from the seed recipe, per setting). A run that succeeded before (runs.csv) is
+skipped; a failed run is tried once more, and a run whose every try failed is counted in its cell of the table.
 
     python reproduce.py --preset fashion --seed 1 --runs runs/fashion_s1 --data-root sample_data/fashion_s1
     python -m benchmarks.recipe_bench --seeds 0 1 2 --runs runs/fashion_s{seed} --data-root sample_data/fashion_s{seed}
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -68,7 +70,7 @@ def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int)
     backbone = {"supervised": layout.pretrain_supervised / "backbone_last.pt",
                 "byol": layout.pretrain_byol / "backbone_last.pt"}.get(SETTINGS[setting].backbone)
     preset_flags = finetune_flags(PRESETS[args.preset], SETTINGS[setting].frozen,
-                                  "strong" if variant == "strong" else "seed")
+                                  "strong" if variant == "strong" else "seed", SETTINGS[setting].needs_backbone)
     out = Path(args.out) / f"s{seed}" / f"{variant.replace(' ', '_').replace('/', '-')}_{setting}"
     argv = [sys.executable, str(ROOT / "p1_finetune.py"), "--data-root", args.data_root.format(seed=seed),
             "--seed", str(seed), "--workers", "0", "--setting", setting, *(["--backbone", str(backbone)] if backbone
@@ -78,32 +80,50 @@ def run_command(args: argparse.Namespace, variant: str, setting: str, seed: int)
     return argv, out
 
 
-def table(rows: list[dict], variants: list[str], settings: list[str]) -> str:
-    """Per variant and setting: the mean final accuracy over its seeds, and its mean change from the seed recipe on
-    the same seeds (n: how many seeds, when not all three)."""
-    acc = {(r["variant"], r["setting"], r["seed"]): float(r["val_acc"]) for r in rows}
+def table(rows: list[dict], variants: list[str], settings: list[str], expected: int = 3) -> str:
+    """Per variant and setting: the mean final accuracy over the seeds whose run succeeded, and its mean change from
+    the seed recipe on the same seeds (n: how many seeds, when not all `expected`; failed: the seeds whose every try
+    failed, so that a missing seed is never silent)."""
+    acc = {(r["variant"], r["setting"], r["seed"]): float(r["val_acc"]) for r in rows if succeeded(r)}
+    failed = {(r["variant"], r["setting"], r["seed"]) for r in rows if not succeeded(r)} - set(acc)
     lines = ["| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for v in variants:
         cells = []
         for s in settings:
             seeds = sorted(k for (vv, ss, k) in acc if (vv, ss) == (v, s))
-            if not seeds:
-                cells.append("")
-                continue
-            cell = f"{sum(acc[(v, s, k)] for k in seeds) / len(seeds):.3f}"
-            paired = [acc[(v, s, k)] - acc[("seed", s, k)] for k in seeds if ("seed", s, k) in acc]
-            if v != "seed" and paired:
-                cell += f" ({sum(paired) / len(paired):+.3f})"
-            cells.append(cell + (f" n={len(seeds)}" if len(seeds) != 3 else ""))
+            lost = sorted(k for (vv, ss, k) in failed if (vv, ss) == (v, s))
+            cell = ""
+            if seeds:
+                cell = f"{sum(acc[(v, s, k)] for k in seeds) / len(seeds):.3f}"
+                paired = [acc[(v, s, k)] - acc[("seed", s, k)] for k in seeds if ("seed", s, k) in acc]
+                if v != "seed" and paired:
+                    cell += f" ({sum(paired) / len(paired):+.3f})"
+                cell += f" n={len(seeds)}" if len(seeds) != expected else ""
+            if lost:
+                cell += f"{', ' if cell else ''}{len(lost)} failed (seed {', '.join(lost)})"
+            cells.append(cell)
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def succeeded(row: dict) -> bool:
+    """A runs.csv row of a run that exited 0 with a final accuracy."""
+    return str(row.get("rc", 0)) == "0" and row.get("val_acc", "") != ""
+
+
+def run_once(cmd: list[str], run_dir: Path, log: Path, mode: str) -> int:
+    """One try of a run, in a fresh run folder (nothing of a failed try left in it), its output in `log`."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with open(log, mode) as f:
+        return subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     out = Path(args.out)
     results = out / "runs.csv"
-    done = {(r["variant"], r["setting"], r["seed"]) for r in io.read_csv_rows(results)} if results.is_file() else set()
+    done = {(r["variant"], r["setting"], r["seed"]) for r in io.read_csv_rows(results)
+            if succeeded(r)} if results.is_file() else set()
     todo = [(v, s, seed) for seed in args.seeds for v in args.variants for s in args.settings
             if s in VARIANTS[v][1] and (v, s, str(seed)) not in done and not args.table_only]
 
@@ -114,18 +134,24 @@ def main(argv: list[str] | None = None) -> None:
         cmd, run_dir = run_command(args, variant, setting, seed)
         log = run_dir.with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        final = io.read_csv_rows(run_dir / "log.csv")[-1].get("val_acc", "") if rc == 0 else ""
-        with lock:
-            io.append_csv_row(results, {"variant": variant, "setting": setting, "seed": seed, "val_acc": final,
-                                        "rc": rc, "command": " ".join(cmd[1:])})
-            print(f"{variant:<22} {setting:<3} seed {seed}: {final or f'failed (exit {rc}, {log})'}", flush=True)
+        for attempt in (1, 2):  # a failed run is tried once more (a crash under load need not repeat)
+            rc = run_once(cmd, run_dir, log, "w" if attempt == 1 else "a")
+            epochs = io.read_csv_rows(run_dir / "log.csv") if rc == 0 and (run_dir / "log.csv").is_file() else []
+            row = {"variant": variant, "setting": setting, "seed": seed,
+                   "val_acc": epochs[-1].get("val_acc", "") if epochs else "", "rc": rc, "try": attempt,
+                   "command": " ".join(cmd[1:])}
+            with lock:
+                io.append_csv_row(results, row)
+                print(f"{variant:<22} {setting:<3} seed {seed}: "
+                      + (row["val_acc"] if succeeded(row) else f"failed (exit {rc}, {log})"
+                         + (", trying once more" if attempt == 1 else "")), flush=True)
+            if succeeded(row):
+                break
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, todo))
-    rows = [r for r in io.read_csv_rows(results) if r["rc"] == "0"] if results.is_file() else []
-    text = table(rows, args.variants, args.settings)
+    rows = io.read_csv_rows(results) if results.is_file() else []
+    text = table(rows, args.variants, args.settings, len(args.seeds))
     io.write_text(out / "table.md", text)
     print(text)
 

@@ -1,9 +1,11 @@
 """reproduce.py's presets as data: per preset, what it runs and the flags each stage adds to the script's defaults."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from . import fashion
+from . import fashion, finetune_recipe
+from .settings import SETTINGS
 
 # Per preset: the sample data to write (None: use the course data; "fashion": Fashion-MNIST, hw1/fashion.py), the
 # problems it runs (default both), then extra flags per stage ("<stage>_strong": added under --recipe strong).
@@ -86,13 +88,29 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def finetune_flags(preset: dict, frozen: bool, recipe: str) -> list[str]:
+def finetune_flags(preset: dict, frozen: bool, recipe: str, pretrained: bool = True) -> list[str]:
     """A fine-tuning stage's flags under a preset: the probe's (frozen settings) or full fine-tuning's, then for a
-    recipe other than the seed's `--recipe` and the preset's flags for it (`probe_strong`…)."""
+    recipe other than the seed's `--recipe` and the preset's flags for it (`probe_strong`…); the seed's flags alone
+    where that recipe trains exactly the seed's run (strong's full fine-tuning: its MLP head is the probes')."""
     kind = "probe" if frozen else "finetune"
-    if recipe == "seed":
+    extra = preset.get(f"{kind}_{recipe}", [])
+    if recipe == "seed" or not extra and _resolved(recipe, frozen, pretrained) == _resolved("seed", frozen, pretrained):
         return list(preset[kind])
-    return [*preset[kind], "--recipe", recipe, *preset.get(f"{kind}_{recipe}", [])]
+    return [*preset[kind], "--recipe", recipe, *extra]
+
+
+def _resolved(recipe: str, frozen: bool, pretrained: bool) -> finetune_recipe.FinetuneRecipe:
+    """What p1_finetune.py trains with under `--recipe recipe` and no piece's flag."""
+    return finetune_recipe.from_args(argparse.Namespace(recipe=recipe), frozen, pretrained)
+
+
+def shared_with_seed(preset: dict) -> dict[str, tuple[str, ...]]:
+    """Per recipe other than the seed's, the settings it fine-tunes with the seed's flags: reproduce.py runs those
+    once, under the seed's names and folders, and both recipes' columns read that run."""
+    return {recipe: tuple(name for name, s in SETTINGS.items()
+                          if finetune_flags(preset, s.frozen, recipe, s.needs_backbone)
+                          == finetune_flags(preset, s.frozen, "seed"))
+            for recipe in finetune_recipe.RECIPES if recipe != "seed"}
 
 
 GIVEN_BACKBONE = Path("p1_data") / "pretrain_model_SL.pt"  # the course's supervised ResNet50 backbone

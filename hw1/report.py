@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import findings, io
-from .finetune_recipe import RECIPE_NOTES, RECIPES
+from .finetune_recipe import RECIPE_NOTES
 from .report_data import (P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
-                          p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records, tsne_scores)
+                          other_recipes, p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records,
+                          tsne_scores)
 from .report_figures import Figures, class_montage, compare_runs, progress_figure
 from .settings import SETTINGS
 
@@ -88,13 +89,12 @@ def sample_classes(info: ReportInfo, figs: Figures) -> list[str]:
 def p1_table(layout: Layout) -> list[str]:
     """Problem 1's validation accuracies beside the reference, and the backbones used; a column for each other
     fine-tuning recipe that ran in the same runs folder."""
-    accs = p1_accuracies(layout)
-    others = {r: a for r in RECIPES if r != layout.recipe and (a := p1_accuracies(layout, r))}
+    accs, others = p1_accuracies(layout), other_recipes(layout)
     md = ["## Problem 1: BYOL pre-training and Office-Home fine-tuning\n",
           "### Validation accuracy, settings A–E and the control E0\n",
           f"Fine-tuning recipe: **{layout.recipe}** ({RECIPE_NOTES[layout.recipe]})"
           + "".join(f"; the {r} recipe's final accuracies, from the same backbones, in their own column"
-                    for r in others) + ".\n",
+                    for r in others) + "." + shared_note(layout, {layout.recipe: accs, **others}) + "\n",
           "| setting | pre-training (Mini-ImageNet) | fine-tuning | reference | ours (final epoch) | ours (best epoch) "
           "| epochs |" + "".join(f" {r} recipe (final) |" for r in others),
           "|---|---|---|---|---|---|---|" + "---|" * len(others)]
@@ -108,7 +108,9 @@ def p1_table(layout: Layout) -> list[str]:
         reference = "none (control)" if ref is None else f"{ref:.4f}"
         md.append(f"| {s} | {pre} | {ft} | {reference} | {_fmt(a.get('final', math.nan))} | "
                   f"{_fmt(a.get('best', math.nan))} | {a.get('epochs', '—')} |"
-                  + "".join(f" {_fmt(o.get(s, {}).get('final', math.nan))} |" for o in others.values()))
+                  + "".join(f" {_fmt(o.get(s, {}).get('final', math.nan))}"
+                            + (" (shared)" if layout.run_recipe(s, r) == layout.run_recipe(s) and s in o else "") + " |"
+                            for r, o in others.items()))
     backbones = {s: a["backbone"] for s, a in accs.items() if a.get("backbone") not in ("", "none", None)}
     if backbones:
         md.append("\nBackbones used: " + "; ".join(f"{s}: `{b}`" for s, b in sorted(backbones.items())) + ".")
@@ -123,6 +125,19 @@ def p1_table(layout: Layout) -> list[str]:
                   f"whether that ranks classes is what the kNN monitor and E − E0 say.")
     md.append("")
     return md
+
+
+def shared_note(layout: Layout, accs: dict[str, dict[str, dict]]) -> str:
+    """Which settings (and the t-SNE of C) a recipe other than the seed's reads from the seed's runs ("" if none)."""
+    notes = []
+    for recipe, found in accs.items():
+        shared = [s for s in SETTINGS if s in found and recipe != "seed" and layout.run_recipe(s, recipe) == "seed"]
+        if shared:
+            what = ", ".join(shared) + (" and the t-SNE of C" if "C" in shared else "")
+            notes.append(f" The {recipe} recipe's {what} are the seed recipe's runs, shared: it fine-tunes "
+                         f"{'this setting' if len(shared) == 1 else 'these settings'} with the seed's flags, so "
+                         "`reproduce.py` trains them once.")
+    return "".join(notes)
 
 
 def p1_curves(layout: Layout, figs: Figures) -> list[str]:
@@ -148,7 +163,9 @@ def tsne(layout: Layout, figs: Figures) -> list[str]:
     """The t-SNE maps of setting C's first and last checkpoints, and how clustered each is."""
     if (scores := tsne_scores(layout)) is None:
         return []
+    shared = layout.run_recipe("C") != layout.recipe
     md = ["### t-SNE of the second-last layer (setting C, first vs last epoch)\n",
+          *([f"The seed recipe's run of C, which the {layout.recipe} recipe shares.\n"] if shared else []),
           f"Pooled features of the whole Office-Home train set, PCA to {scores['pca_dims']} dims, then t-SNE "
           f"(perplexity {scores['perplexity']}); colours are the 65 classes. How clustered each map is, measured: "
           f"the silhouette score of the class labels in the 2-D map, and cosine kNN accuracy (k={scores['knn_k']}) "

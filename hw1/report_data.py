@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,20 @@ SEG_CLASSES = ("urban", "agriculture", "rangeland", "forest", "water", "barren")
 @dataclass
 class Layout:
     """Where each stage of reproduce.py writes, under one runs folder; a fine-tuning recipe other than the seed's
-    (`--recipe`) has its own fine-tuning and t-SNE folders beside the seed's, sharing the pre-training."""
+    (`--recipe`) has its own fine-tuning and t-SNE folders beside the seed's, sharing the pre-training, and the seed's
+    folders for the settings it fine-tunes with the seed's flags (`shared`, from presets.shared_with_seed)."""
 
     runs: Path
     recipe: str = "seed"
+    shared: dict[str, tuple[str, ...]] = field(default_factory=dict)  # recipe → settings whose run is the seed's
 
     def __post_init__(self) -> None:
         self.runs = Path(self.runs)
+
+    def run_recipe(self, setting: str, recipe: str | None = None) -> str:
+        """The recipe whose run a setting under `recipe` (default the layout's) reads: the seed's where shared."""
+        recipe = recipe or self.recipe
+        return "seed" if setting in self.shared.get(recipe, ()) else recipe
 
     @property
     def pretrain_byol(self) -> Path:
@@ -39,15 +46,15 @@ class Layout:
         return self.runs / "pretrain_supervised"
 
     def finetune(self, setting: str, recipe: str | None = None) -> Path:
-        return self.runs / f"finetune_{setting}{_suffix(recipe or self.recipe)}"
+        return self.runs / f"finetune_{setting}{_suffix(self.run_recipe(setting, recipe))}"
 
     @property
     def p1_results(self) -> Path:
         return self.runs / "p1_results.csv"
 
     @property
-    def tsne(self) -> Path:
-        return self.runs / f"tsne{_suffix(self.recipe)}"
+    def tsne(self) -> Path:  # the t-SNE of C: the seed's where C is shared
+        return self.runs / f"tsne{_suffix(self.run_recipe('C'))}"
 
     def seg(self, model: str) -> Path:
         return self.runs / f"p2_{model}"
@@ -96,12 +103,12 @@ def to_float(v: object) -> float:
 
 
 def p1_accuracies(layout: Layout, recipe: str | None = None) -> dict[str, dict]:
-    """setting → {final, best, epochs} for a fine-tuning recipe (default the layout's): the latest row of
-    p1_results.csv, else the fine-tuning log."""
+    """setting → {final, best, epochs} for a fine-tuning recipe (default the layout's), the seed's run where shared:
+    the latest row of p1_results.csv, else the fine-tuning log."""
     recipe = recipe or layout.recipe
     found: dict[str, dict] = {}
     for row in csv_rows(layout.p1_results):
-        if (row.get("recipe") or "seed") != recipe:
+        if (row.get("recipe") or "seed") != layout.run_recipe(row["setting"], recipe):
             continue
         found[row["setting"]] = {"final": to_float(row.get("val_acc")), "best": to_float(row.get("best_val_acc")),
                                  "epochs": row.get("epochs", ""), "backbone": row.get("backbone", "")}
@@ -112,6 +119,17 @@ def p1_accuracies(layout: Layout, recipe: str | None = None) -> dict[str, dict]:
             found[setting] = {"final": accs[-1],
                               "best": np.nanmax(accs) if not all(map(math.isnan, accs)) else math.nan,
                               "epochs": log[-1].get("epoch", ""), "backbone": ""}
+    return found
+
+
+def other_recipes(layout: Layout) -> dict[str, dict[str, dict]]:
+    """Each other recipe that has a run of its own in this runs folder (not only runs it shares with the layout's
+    recipe) → its accuracies (p1_accuracies)."""
+    found = {}
+    for recipe in RECIPES:
+        accs = p1_accuracies(layout, recipe) if recipe != layout.recipe else {}
+        if any(layout.run_recipe(s, recipe) != layout.run_recipe(s) for s in accs):
+            found[recipe] = accs
     return found
 
 
@@ -174,8 +192,9 @@ def collect_results(layout: Layout, preset: str, wall_seconds: float | None) -> 
     results: dict = {"preset": preset, **({"recipe": layout.recipe} if layout.recipe != "seed" else {})}
     if wall_seconds is not None:
         results["wall_s"] = round(wall_seconds, 1)
-    for recipe in RECIPES:  # "p1": the run's recipe (the findings judge it); "p1_<recipe>": another that ran here
-        p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in p1_accuracies(layout, recipe).items()
+    # "p1": the run's recipe (the findings judge it); "p1_<recipe>": another that ran here (with the runs it shares)
+    for recipe, accs in {layout.recipe: p1_accuracies(layout), **other_recipes(layout)}.items():
+        p1 = {s: {"val_acc": a["final"], "best_val_acc": a["best"]} for s, a in accs.items()
               if s in SETTINGS and not math.isnan(a["final"])}
         if p1:
             results["p1" if recipe == layout.recipe else f"p1_{recipe}"] = {s: p1[s] for s in SETTINGS if s in p1}

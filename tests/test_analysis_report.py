@@ -278,3 +278,19 @@ def test_sample_findings_say_whether_a_difference_is_beyond_the_seed_to_seed_spr
     by_claim = {r.split(" | ")[0][2:]: r for r in rows[1:]}
     assert by_claim["C beats A"].endswith("| no: inside ±0.097 |") and by_claim["B beats A"].endswith("| yes |")
     assert all("settled" not in line for line in findings.markdown(findings.check(results), "full"))
+
+
+def test_fashion_findings_spreads_cover_seeds_0_to_3():
+    """Seed 3 of the fashion preset (issue 34's clean clone): C − A +0.042 and E − E0 +0.065 lie outside seeds 0–2's
+    ranges, so over seeds 0–3 neither is settled; B − A's +0.089 still is."""
+    from hw1 import findings
+
+    results = {"p1": {"A": {"val_acc": 0.692}, "B": {"val_acc": 0.781}, "C": {"val_acc": 0.734},
+                      "E": {"val_acc": 0.652}, "E0": {"val_acc": 0.587}},
+               "byol": {"knn_first": 0.684, "knn_last": 0.637}}
+    rows = [line for line in findings.markdown(findings.check(results), "fashion") if line.startswith("| ")]
+    by_claim = {r.split(" | ")[0][2:]: r for r in rows[1:]}
+    assert by_claim["C beats A"].endswith("| no: inside ±0.071 |")
+    assert by_claim["E beats E0"].endswith("| no: inside ±0.076 |")
+    assert by_claim["B beats A"].endswith("| yes |")
+    assert by_claim["BYOL improves its kNN monitor over its random initialisation"].endswith("| no: inside ±0.101 |")

@@ -1,5 +1,5 @@
-"""Every relative link in README.md and docs/ names a file that exists, and its `#anchor`, when it has one, a heading of
-that file (GitHub's slugs). Web and mail links are not followed."""
+"""Every relative link in README.md, BENCHMARKS.md and docs/ names a file that exists, and its `#anchor`, when it
+has one, a heading of that file (GitHub's slugs). Web and mail links are not followed."""
 from __future__ import annotations
 
 import re
@@ -14,7 +14,7 @@ SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, ...
 
 
 def markdown_files(root: Path) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return [root / "README.md", root / "BENCHMARKS.md", *sorted((root / "docs").rglob("*.md"))]
 
 
 def prose_lines(text: str) -> list[tuple[int, str]]:
@@ -78,7 +78,7 @@ def broken_links(files: list[Path], root: Path) -> list[str]:
     return problems
 
 
-def test_every_relative_link_in_readme_and_docs_resolves() -> None:
+def test_every_relative_link_in_readme_benchmarks_and_docs_resolves() -> None:
     problems = broken_links(markdown_files(ROOT), ROOT)
     assert not problems, "broken links:\n" + "\n".join(problems)
 
@@ -90,7 +90,8 @@ def test_the_check_finds_a_missing_file_and_a_missing_anchor(tmp_path: Path) -> 
         "[ok](docs/page.md) [ok](docs/page.md#precision---precision) [ok](docs/page.md#notes-1) [web](https://x.org/a)\n"
         "[mail](mailto:a@b.c) [here](#a-readme) `[code](missing.md)`\n\n# A README\n\n```\n[fenced](missing.md)\n```\n"
         "[gone](docs/gone.md) ![img](docs/fig.png) [anchor](docs/page.md#nowhere)\n[ref]: docs/also_gone.md\n")
+    (tmp_path / "BENCHMARKS.md").write_text("[ok](README.md#a-readme) [ok](docs/page.md)\n[gone](bench/none.md)\n")
     problems = broken_links(markdown_files(tmp_path), tmp_path)
     assert [p.split(" — ")[0] for p in problems] == [
         "README.md:9: docs/gone.md", "README.md:9: docs/fig.png", "README.md:9: docs/page.md#nowhere",
-        "README.md:10: docs/also_gone.md"], problems
+        "README.md:10: docs/also_gone.md", "BENCHMARKS.md:2: bench/none.md"], problems
