@@ -139,6 +139,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep.add_argument("--timed-px", type=int, choices=[64, 512], required=True)
     prep.add_argument("--timed-arch", required=True)
     prep.add_argument("--timed-size", type=int, required=True)
+    prep.add_argument("--fashion", action="store_true", help="also the Fashion-MNIST data of the side by side")
     apply = sub.add_parser("apply", help="put a GPU run's OUT/summary.md into BENCHMARKS.md's gpu_check block")
     apply.add_argument("out", help="a folder with a GPU run's summary.json and summary.md")
     return parser
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     out = Path(args.out).resolve()
     if args.command == "prepare":
-        prepare(out, args.device, args.timed_images, args.timed_px, args.timed_arch, args.timed_size)
+        prepare(out, args.device, args.timed_images, args.timed_px, args.timed_arch, args.timed_size,
+                args.fashion)
         return 0
     if args.command == "apply":
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                             "OUT` run on a GPU (a --cpu run never goes into BENCHMARKS.md)")
         gpu_report.splice(BENCHMARKS, (out / "summary.md").read_text())
         print(f"{BENCHMARKS}: the gpu_check block now holds {out / 'summary.md'}")
+        apply_ssl(out)
         return 0
     return check(out, CPU if args.cpu else GPU, args.only, args.budget_s)
 
@@ -203,8 +206,17 @@ def check(out: Path, prof: Profile, only: list[str] | None, budget_s: float | No
             tar.add(path, arcname=str(path.relative_to(out)))
     if prof.device == "cuda":
         gpu_report.splice(BENCHMARKS, (out / "summary.md").read_text())
+        apply_ssl(out)
     print("\n" + (out / "summary.md").read_text())
     return 0 if all(results.get(s.name, {}).get("status") == "ok" for s in todo) else 1
+
+
+def apply_ssl(out: Path) -> None:
+    """The GPU side by side's curves into BENCHMARKS.md's ssl_gpu block, their PNGs into docs/img."""
+    block = gpu_report.ssl_block(out, io.ensure_dir(BENCHMARKS.parent / "docs" / "img"), BENCHMARKS)
+    if block:
+        gpu_report.splice(BENCHMARKS, block, (gpu_report.SSL_BEGIN, gpu_report.SSL_END))
+        print(f"{BENCHMARKS}: the ssl_gpu block now holds the side by side of {out}")
 
 
 def _interrupted(signum: int, frame: object) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from hw1 import io
@@ -10,6 +11,9 @@ from hw1.errors import UserError
 from .table import markdown
 
 BEGIN, END = "<!-- gpu_check:begin -->", "<!-- gpu_check:end -->"
+SSL_BEGIN, SSL_END = "<!-- ssl_gpu:begin -->", "<!-- ssl_gpu:end -->"
+SSL_STEPS = {"ssl": "Equal views on a GPU: ours against byol-pytorch, both fed our batched views",
+             "ssl_small_stem": "Ours on the 32 px field's small stem (3x3 stride 1, no max-pool)"}
 BENCH_TITLES = {"bench_p1": "bench.py: BYOL rows, MFU and the profile of one step",
                 "bench_p2": "bench.py: segmentation rows and the per-epoch overhead"}
 
@@ -49,11 +53,32 @@ def render(summary: dict, out: Path) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def splice(benchmarks: Path, body: str) -> None:
-    """Replace what stands between BENCHMARKS.md's gpu_check markers with `body` (a temp file, then a rename)."""
+def splice(benchmarks: Path, body: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
+    """Replace what stands between two of BENCHMARKS.md's markers (the gpu_check block's by default) with `body`
+    (a temp file, then a rename)."""
     text = benchmarks.read_text()
-    begin, end = text.find(BEGIN), text.find(END)
+    (first, last), name = markers, markers[0][5:].split(":")[0]
+    begin, end = text.find(first), text.find(last)
     if begin < 0 or end < begin:
-        raise UserError(benchmarks, f"no gpu_check block (a line {BEGIN}, later a line {END})",
+        raise UserError(benchmarks, f"no {name} block (a line {first}, later a line {last})",
                         "put the two lines where the GPU rows go")
-    io.write_text(benchmarks, text[:begin + len(BEGIN)] + "\n" + body.rstrip("\n") + "\n" + text[end:])
+    io.write_text(benchmarks, text[:begin + len(first)] + "\n" + body.rstrip("\n") + "\n" + text[end:])
+
+
+def ssl_block(out: Path, images: Path, benchmarks: Path) -> str:
+    """The GPU side by side's tables, made anew from the curves its steps saved (a row stopped by its time limit
+    shows where it got), and their PNGs copied into `images`; "" when neither step saved a curve."""
+    from . import ssl_bench
+
+    parts = []
+    for name, title in SSL_STEPS.items():
+        if not list((out / name / "curves").glob("*.json")):
+            continue
+        table = ssl_bench.report(out / name)
+        png = images / f"ssl_gpu_{name}.png"
+        shutil.copyfile(out / name / "ssl.png", png)
+        setup = json.loads((out / name / "ssl.json").read_text())["results"][0].get("setup", {})
+        sizes = ", ".join(f"{k} {v}" for k, v in setup.items())
+        parts += [f"#### {title}", "", f"Setup: {sizes}.", "", table.strip(), "",
+                  f"![{title}]({png.relative_to(benchmarks.parent).as_posix()})", ""]
+    return "\n".join(parts)

@@ -15,6 +15,8 @@ from typing import Callable
 from hw1 import io
 from hw1.errors import UserError
 
+# The idx files (about 30 MB) a device call carries for the side by side: gpu_check.sh's header.
+FASHION_IDX = Path(__file__).resolve().parents[1] / ".data" / "fashion-mnist"
 # bench.py in two runs, each its own bench.json: a half cut short by the time limit leaves the other's rows
 BENCH_P1 = ("aug", "data", "loaders", "a", "b", "c", "c-compile", "mfu", "profile")
 BENCH_P2 = ("seg", "overhead")
@@ -40,6 +42,10 @@ class Profile:
     timed_model: tuple[str, int]
     budget_s: float            # the whole run: a step starts only while time is left
     step_s: float              # one step's limit (the compile, reproduce and bench steps: 3x)
+    ssl_data: str              # the side by side's images under OUT: "fashion" (Fashion-MNIST) or "data" (tiny)
+    ssl: tuple[str, ...]       # benchmarks/ssl_bench.py's sizes: the equal-views pair
+    ssl_small: tuple[str, ...]  # and one row of ours on the 32 px field's small stem
+    ssl_s: tuple[float, float]  # their limits
 
 
 GPU = Profile(
@@ -52,7 +58,12 @@ GPU = Profile(
     deeplab=("--weights", "none", "--image-size", "512", "--batch-size", "8"),
     bench=("--device", "cuda", "--steps", "10", "--warmup", "3", "--seg-steps", "3", "--seg-warmup", "1"),
     workers="4", compile_backend="inductor", timed_images=257, timed_px=512, timed_model=("deeplabv3_resnet101", 512),
-    budget_s=560, step_s=90)
+    budget_s=560, step_s=90, ssl_data="fashion",
+    # 3,000 steps of 256 (77 epochs of the 10,000 images), about 15 ms a step: ~50 s a row, kNN every 300
+    ssl=("--batch-size", "256", "--steps", "3000", "--eval-every", "300", "--workers", "4"),
+    # 16x the activations of the ImageNet stem at 32 px: ~40 ms a step, 1,000 steps ~45 s
+    ssl_small=("--batch-size", "256", "--steps", "1000", "--eval-every", "100", "--workers", "4"),
+    ssl_s=(180, 120))
 CPU = Profile(
     device="cpu",
     p1=("--arch", "resnet18", "--image-size", "32", "--batch-size", "32"),
@@ -64,7 +75,12 @@ CPU = Profile(
              "--aux-weight", "0"),
     bench=("--quick",),
     workers="0", compile_backend="eager", timed_images=4, timed_px=64,
-    timed_model=("deeplabv3_mobilenet_v3_large", 64), budget_s=24 * 3600, step_s=3600)  # shared cores: hours
+    timed_model=("deeplabv3_mobilenet_v3_large", 64), budget_s=24 * 3600, step_s=3600,  # shared cores: hours
+    ssl_data="data", ssl=("--batch-size", "8", "--steps", "4", "--eval-every", "2", "--workers", "0",
+                          "--projection-hidden-size", "64"),
+    ssl_small=("--batch-size", "8", "--steps", "2", "--eval-every", "1", "--workers", "0",
+               "--projection-hidden-size", "64"),
+    ssl_s=(3600, 3600))
 
 
 @dataclass
@@ -120,6 +136,14 @@ def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
                     [python, "bench.py", *prof.bench, "--out", str(out / name), "--sections", *sections],
                     makes=(f"{name}/bench.json",), timeout_s=long_s, check=lambda o: bench_problem(o / name))
 
+    def side_by_side(name: str, what: str, rows: tuple[str, ...], sizes: tuple[str, ...], timeout_s: float,
+                     *flags: str) -> Step:
+        return Step(name, what, [python, "-m", "benchmarks.ssl_bench", "--data-root", str(out / prof.ssl_data),
+                                 "--out", str(out / name), *dev, "--rows", *rows, "--seeds", "0", "--arch", "resnet18",
+                                 "--image-size", "32", "--time-repeats", "0", *sizes, *flags],
+                    needs=(f"{prof.ssl_data}/p1_data",), makes=(f"{name}/ssl.md", f"{name}/ssl.png"),
+                    timeout_s=timeout_s)
+
     resume, office = runs / "resume", data / "p1_data" / "office"
     # --cpu: the resumed half takes the GPU's code path on the CPU (bf16 autocast, channels_last parameters)
     resumed_as = ["--precision", "bf16"] if prof.device == "cpu" else []
@@ -128,9 +152,10 @@ def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
         Step("prepare", "the device and packages; tiny sample data; images and a checkpoint for the timed hw1_2.sh",
              [python, "-m", "benchmarks.gpu_check", "prepare", str(out), *dev, "--timed-images",
               str(prof.timed_images), "--timed-px", str(prof.timed_px), "--timed-arch", prof.timed_model[0],
-              "--timed-size", str(prof.timed_model[1])],
+              "--timed-size", str(prof.timed_model[1]), *(["--fashion"] if prof.ssl_data == "fashion" else [])],
              makes=("env.json", "data/p1_data", "data/p2_data", "timed/p2_random.pt",
-                    f"timed/images/*_sat.jpg={prof.timed_images}"), timeout_s=prof.step_s),
+                    f"timed/images/*_sat.jpg={prof.timed_images}", f"{prof.ssl_data}/p1_data"),
+             timeout_s=prof.step_s),
         pretrain("pretrain_gpu_aug", "BYOL, views batched on the device (--gpu-aug), kNN monitor", "--gpu-aug"),
         pretrain("pretrain_cpu_aug", "BYOL, views per image in the loader workers (--no-gpu-aug)", "--no-gpu-aug"),
         pretrain("pretrain_compile", f"BYOL with --compile ({prof.compile_backend})", "--gpu-aug", "--compile",
@@ -183,6 +208,11 @@ def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
               str(out / "reproduce" / "data"), "--runs", str(out / "reproduce" / "runs"),
               "--report", str(out / "reproduce" / "report")],
              makes=("reproduce/report/REPORT.md", "reproduce/report/results.json"), timeout_s=long_s),
+        # last, in what the budget leaves: the open SSL question at a GPU's scale (BENCHMARKS.md, side by side)
+        side_by_side("ssl", "BYOL side by side, equal (batched) views: ours against byol-pytorch, ResNet18 at 32 px",
+                     ("equal-batched",), prof.ssl, prof.ssl_s[0]),
+        side_by_side("ssl_small_stem", "the same, ours only, on the 32 px field's stem (3x3 stride 1, no max-pool)",
+                     ("ours-batched",), prof.ssl_small, prof.ssl_s[1], "--stem", "small"),
     ]
 
 
@@ -195,9 +225,11 @@ def bench_problem(folder: Path) -> str:
 # ---------------------------------------------------------------- the first step (in its own process, as the others)
 
 
-def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch: str, timed_size: int) -> None:
-    """The device line and packages (OUT/env.json), the tiny sample data (OUT/data), and for the timed hw1_2.sh
-    `timed_images` satellite images of `timed_px` (distinct images, repeated) and a random-weight checkpoint."""
+def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch: str, timed_size: int,
+            fashion: bool = False) -> None:
+    """The device line and packages (OUT/env.json), the tiny sample data (OUT/data), for the timed hw1_2.sh
+    `timed_images` satellite images of `timed_px` (distinct images, repeated) and a random-weight checkpoint; with
+    `fashion`, the Fashion-MNIST preset's data (OUT/fashion) from the idx files carried in FASHION_IDX."""
     from hw1 import checkpoint
     from hw1.sample_data import write_sample_data
     from hw1.seg_data import NUM_CLASSES, write_p2_sample
@@ -217,6 +249,11 @@ def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch
             "weights": "none", "aux": False}
     checkpoint.save_checkpoint(timed / "p2_random.pt", {"model": build_seg_model(timed_arch, "none").state_dict(),
                                                         "meta": meta})
+    if fashion:
+        from hw1 import fashion as fmnist
+
+        # last: without the carried idx files this step fails on its one line, and only the side by side is not run
+        fmnist.write_fashion(out / "fashion", seed=0, source=FASHION_IDX if FASHION_IDX.is_dir() else None)
     if env["missing"]:
         raise UserError("gpu_check", f"{', '.join(env['missing'])} cannot be imported: the steps that need it fail",
                         "install it, or carry its wheel to the device machine (benchmarks/gpu_check.sh's header)")

@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 import torch
 from torch import nn
 
@@ -51,7 +52,7 @@ class Row:
 
     label: str
     ours: bool              # this project's BYOL (else byol-pytorch's, `byol_reference`)
-    per_image_views: bool   # our views made per image in the loader (else uint8 batches: ours batched, or theirs)
+    views: str              # "per-image" (ours, made in the loader), "batched" (ours, --gpu-aug) or "byol-pytorch"
     readme: bool = False    # byol-pytorch with every README default (its heads differ: only the backbone is shared)
     target: str = ""        # the target update: "cosine" (ours, over --steps) or "fixed" (byol-pytorch's 0.99)
 
@@ -61,15 +62,21 @@ class Row:
 
 
 ROWS = {
-    "ours-per-image": Row("ours, per-image views", ours=True, per_image_views=True),
-    "byol-pytorch-equal": Row("byol-pytorch, our per-image views", ours=False, per_image_views=True),
-    "ours-batched": Row("ours, batched views (--gpu-aug)", ours=True, per_image_views=False),
-    "byol-pytorch-own": Row("byol-pytorch, its batch-wide views", ours=False, per_image_views=False),
-    "byol-pytorch-readme": Row("byol-pytorch as its README ships it", ours=False, per_image_views=False,
-                               readme=True),
+    "ours-per-image": Row("ours, per-image views", ours=True, views="per-image"),
+    "byol-pytorch-equal": Row("byol-pytorch, our per-image views", ours=False, views="per-image"),
+    "ours-batched": Row("ours, batched views (--gpu-aug)", ours=True, views="batched"),
+    "byol-pytorch-equal-batched": Row("byol-pytorch, our batched views", ours=False, views="batched"),
+    "byol-pytorch-own": Row("byol-pytorch, its batch-wide views", ours=False, views="byol-pytorch"),
+    "byol-pytorch-readme": Row("byol-pytorch as its README ships it", ours=False, views="byol-pytorch", readme=True),
 }
-GROUPS = {"equal": ["ours-per-image", "byol-pytorch-equal"], "own": ["ours-batched", "byol-pytorch-own"],
-          "readme": ["byol-pytorch-readme"]}
+# equal: the views made per image in the loader (the CPU's pair); equal-batched: the batched views on the device
+# (the GPU's pair: a CPU loader would set its pace); own: each pipeline's views
+GROUPS = {"equal": ["ours-per-image", "byol-pytorch-equal"],
+          "equal-batched": ["ours-batched", "byol-pytorch-equal-batched"],
+          "own": ["ours-batched", "byol-pytorch-own"], "readme": ["byol-pytorch-readme"]}
+SETUP = ("arch", "stem", "image_size", "batch_size", "lr", "ema_start", "crop_min_scale", "projection_hidden_size",
+         "device")  # what a saved curve records of its run
+EQUAL_PAIRS = (("ours-per-image", "byol-pytorch-equal"), ("ours-batched", "byol-pytorch-equal-batched"))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,9 +84,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", required=True, help="hw1_data layout: mini/train to train, office to score")
     parser.add_argument("--out", default="runs/ssl", help="default: %(default)s")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *GROUPS],
-                        help="rows or groups of rows (equal, own, readme) to run (default: all)")
+                        help="rows, or groups of rows (equal, equal-batched, own, readme), to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--arch", default="resnet18", help="default: %(default)s")
+    parser.add_argument("--stem", choices=["torchvision", "small"], default="torchvision",
+                        help="small: the 32 px field's 3x3 stride-1 first convolution and no max-pool (this "
+                             "benchmark's model only; default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s (the fashion preset's)")
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps a row (default: %(default)s)")
@@ -106,10 +116,18 @@ def start_state(args: argparse.Namespace, seed: int) -> dict[str, dict[str, torc
     """The seed's network (BatchNorm buffers as initialised) and one projector and predictor of the shared sizes."""
     distributed.seed_everything(seed)
     net = build_resnet(args.arch)
+    if args.stem == "small":
+        small_stem(net)
     heads = build_byol(args.arch, args.image_size, torch.device("cpu"),
                        projection_hidden_size=args.projection_hidden_size)
     return {"net": net.state_dict(), "projector": heads.online_encoder.projector.state_dict(),
             "predictor": heads.online_predictor.state_dict()}
+
+
+def small_stem(net: nn.Module) -> None:
+    """The stem CIFAR-sized ResNets use (solo-learn, lightly, the MoCo CIFAR demo): 3x3 stride 1, no max-pool."""
+    net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
 
 
 def load_start(model: nn.Module, start: dict[str, dict[str, torch.Tensor]], heads: bool) -> None:
@@ -133,7 +151,7 @@ class RowRun:
                  start: dict[str, dict[str, torch.Tensor]], steps: int, eval_every: int | None, work: Path) -> None:
         self.row, self.args, self.seed, self.device = row, args, seed, device
         self.steps, self.eval_every = steps, eval_every  # eval_every None: no evaluation (timing)
-        self.flags = _pretrain_flags(args, seed, steps, row.per_image_views, work)
+        self.flags = _pretrain_flags(args, seed, steps, row.views == "per-image", work)
         pretraining = Pretraining(PretrainConfig.from_args(self.flags), cache.CacheConfig.from_args(self.flags),
                                   distributed.World(), device)
         self.loader, self.monitor = pretraining.loader, pretraining.monitor
@@ -144,20 +162,25 @@ class RowRun:
         if row.ours:
             self.model = pretraining.model
         else:
-            hooks = (SelectView(0), SelectView(1)) if row.per_image_views else None
+            hooks = {"per-image": (SelectView(0), SelectView(1)), "batched": pretraining.views}.get(row.views)
             self.model = byol_reference.build(
                 args.arch, args.image_size, device, augment_fns=hooks,
                 projection_hidden_size=4096 if row.readme else args.projection_hidden_size, simplicial=row.readme)
+        if args.stem == "small":
+            for net in (self.model.online_encoder.net, self.model.target_encoder.net):
+                small_stem(net)
+        self.model.to(device)
         load_start(self.model, start, heads=not row.readme)
         self.backbone = self.model.online_encoder.net
         self.ema = TargetEMA(self.model, steps, args.ema_start) if row.target == "cosine" else None
         self.curve: list[dict] = []
+        self.on_eval: Callable[[list[dict]], None] | None = None  # e.g. save the curve so far
         self.stamps: list[float] = []  # after each step, evaluation excluded
         self._last_loss = torch.zeros(())
 
     def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
         x = batch[0]
-        if not self.row.ours and not self.row.per_image_views:
+        if self.row.views == "byol-pytorch":
             x = byol_reference.float_batch(x, self.args.image_size)
         loss = model(x)
         self._last_loss = loss.detach()
@@ -180,6 +203,8 @@ class RowRun:
             row.update(loss=round(self._last_loss.item(), 4),
                        images_per_s=round((done - window) * self.args.batch_size / seconds, 1))
             self.curve.append(row)
+            if self.on_eval:
+                self.on_eval(self.curve)
             print(f"{self.row.label} (seed {self.seed}) step {done}: kNN {row['knn_acc']:.3f}, "
                   f"view gap {row['view_gap']:.3f}, {row['images_per_s']} img/s", flush=True)
             shift = time.perf_counter() - now  # the evaluation's time: taken out of every stamp so far
@@ -222,13 +247,21 @@ def _pretrain_flags(args: argparse.Namespace, seed: int, steps: int, per_image: 
     ])
 
 
-def run_row(name: str, args: argparse.Namespace, seed: int, device: torch.device, work: Path) -> dict:
-    """One row's curve at one seed, to --steps."""
+def run_row(name: str, args: argparse.Namespace, seed: int, device: torch.device, work: Path,
+            curve_file: Path) -> None:
+    """One row's curve at one seed, to --steps, into `curve_file`; the curve so far, at each evaluation, into its
+    `.partial.json` (a run stopped by a time limit still shows where it got)."""
     run = RowRun(ROWS[name], args, seed, device, start_state(args, seed), args.steps, args.eval_every,
                  work / f"{name}-seed{seed}")
-    curve = run.fit()
-    return {"row": name, "label": ROWS[name].label, "seed": seed, "steps": args.steps, "curve": curve,
-            "crosses_at": crossing(curve)}
+    partial = curve_file.with_suffix(".partial.json")
+
+    def result(curve: list[dict]) -> dict:
+        return {"row": name, "label": ROWS[name].label, "seed": seed, "steps": args.steps, "curve": curve,
+                "crosses_at": crossing(curve), "setup": {k: getattr(args, k) for k in SETUP}}
+
+    run.on_eval = lambda curve: io.write_json(partial, {**result(curve), "partial": True})
+    io.write_json(curve_file, result(run.fit()))
+    partial.unlink(missing_ok=True)
 
 
 def time_row(name: str, args: argparse.Namespace, device: torch.device, work: Path) -> dict:
@@ -253,22 +286,28 @@ def crossing(curve: list[dict]) -> int | None:
 
 
 def equal_views_verdict(results: list[dict]) -> str:
-    """Ours against byol-pytorch with equal views at the last step: the gap per seed against the seeds' spread."""
+    """Ours against byol-pytorch with equal views at the last step, per pair run: the gap per seed against the seeds'
+    spread within a row."""
     final = {(r["row"], r["seed"]): r["curve"][-1]["knn_acc"] for r in results}
-    seeds = sorted({s for (row, s) in final if row == "ours-per-image"}
-                   & {s for (row, s) in final if row == "byol-pytorch-equal"})
-    if not seeds:
-        return "Equal views: not run."
-    gaps = [final[("ours-per-image", s)] - final[("byol-pytorch-equal", s)] for s in seeds]
-    spread = max((max(final[(row, s)] for s in seeds) - min(final[(row, s)] for s in seeds))
-                 for row in ("ours-per-image", "byol-pytorch-equal"))
-    text = (f"Equal views, last step: ours − byol-pytorch = {', '.join(f'{g:+.3f}' for g in gaps)} "
-            f"(seeds {', '.join(map(str, seeds))}); the seeds' spread within a row: {spread:.3f}")
-    if len(seeds) < 2:
-        return text + " (one seed: no spread yet)."
-    if max(gaps) < 0 and -max(gaps) > spread:
-        return text + ". Ours trails by more than the spread: a defect to find."
-    return text + ". Ours does not trail by more than the spread."
+    lines = []
+    for ours, theirs in EQUAL_PAIRS:
+        seeds = sorted({s for (row, s) in final if row == ours} & {s for (row, s) in final if row == theirs})
+        if not seeds:
+            continue
+        gaps = [final[(ours, s)] - final[(theirs, s)] for s in seeds]
+        spread = max(max(final[(row, s)] for s in seeds) - min(final[(row, s)] for s in seeds)
+                     for row in (ours, theirs))
+        text = (f"Equal views ({ROWS[ours].views}), last step: ours − byol-pytorch = "
+                f"{', '.join(f'{g:+.3f}' for g in gaps)} (seeds {', '.join(map(str, seeds))}); the seeds' spread "
+                f"within a row: {spread:.3f}")
+        if len(seeds) < 2:
+            text += " (one seed: no spread yet)."
+        elif max(gaps) < 0 and -max(gaps) > spread:
+            text += ". Ours trails by more than the spread: a defect to find."
+        else:
+            text += ". Ours does not trail by more than the spread."
+        lines.append(text)
+    return "\n\n".join(lines) or "Equal views: not run."
 
 
 def markdown(results: list[dict], timings: dict[str, dict]) -> str:
@@ -277,7 +316,9 @@ def markdown(results: list[dict], timings: dict[str, dict]) -> str:
              "|---|---|" + "---|" * (len(steps) + 2)]
     for r in results:
         at = {row["step"]: row["knn_acc"] for row in r["curve"]}
-        crosses = f"step {r['crosses_at']}" if r["crosses_at"] else f"no, within {r['steps']} steps"
+        crosses = f"step {r['crosses_at']}" if r["crosses_at"] else f"no, within {r['curve'][-1]['step']} steps"
+        if r.get("partial"):
+            crosses += f" (stopped at step {r['curve'][-1]['step']} of {r['steps']})"
         timing = timings.get(r["row"])
         rate = (f"{timing['median']} ({min(timing['images_per_s'])}–{max(timing['images_per_s'])})"
                 if timing else "—")
@@ -311,6 +352,8 @@ def plot(results: list[dict], path: Path) -> None:
 def gather(out: Path) -> tuple[list[dict], dict[str, dict]]:
     """The saved curves (in ROWS order, then seed) and timings."""
     results = [json.loads(p.read_text()) for p in sorted((out / "curves").glob("*.json"))]
+    complete = {(r["row"], r["seed"]) for r in results if not r.get("partial")}
+    results = [r for r in results if not (r.get("partial") and (r["row"], r["seed"]) in complete)]
     results.sort(key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
     timings = {t["row"]: t for t in (json.loads(p.read_text()) for p in sorted((out / "timing").glob("*.json")))}
     return results, timings
@@ -346,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
                     if curve.exists():
                         print(f"{curve} saved already: kept")
                         continue
-                    io.write_json(io.ensure_dir(curve.parent) / curve.name, run_row(name, args, seed, device, work))
+                    run_row(name, args, seed, device, work, io.ensure_dir(curve.parent) / curve.name)
     print(report(out))
 
 

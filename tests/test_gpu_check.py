@@ -26,8 +26,8 @@ def script_args(argv: list[str]) -> tuple[str, list[str]]:
     """The project script a step runs and the arguments it gets (after torchrun's and launch.py's own)."""
     if argv[0] == "bash":
         return argv[1], argv[2:]
-    if argv[1:3] == ["-m", "benchmarks.gpu_check"]:
-        return "benchmarks/gpu_check.py", argv[3:]
+    if argv[1] == "-m" and argv[2].startswith("benchmarks."):
+        return argv[2].replace(".", "/") + ".py", argv[3:]
     last = max(i for i, a in enumerate(argv) if a.endswith(".py"))
     return argv[last], argv[last + 1:]
 
@@ -35,7 +35,7 @@ def script_args(argv: list[str]) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("prof", [GPU, CPU], ids=["gpu", "cpu"])
 def test_every_step_runs_a_script_with_flags_it_takes(prof: Profile, tmp_path: Path) -> None:
     todo = gpu_steps.steps(tmp_path, prof)
-    assert [s.name for s in todo][:1] == ["prepare"] and len({s.name for s in todo}) == len(todo) == 21
+    assert [s.name for s in todo][:1] == ["prepare"] and len({s.name for s in todo}) == len(todo) == 23
     for step in todo:
         script, args = script_args(step.argv)
         assert (ROOT / script).is_file(), (step.name, script)
@@ -245,3 +245,35 @@ def test_launch_hands_the_script_its_arguments_with_the_repository_first_on_the_
     proc = subprocess.run([sys.executable, "benchmarks/launch.py", "--ddp", "--compile-backend", "eager", "mean_iou.py",
                            "--help"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: mean_iou.py"), proc.stderr[-2000:]
+
+
+def test_the_side_by_side_comes_last_and_apply_puts_its_curves_in(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's side by side: the last steps, on Fashion-MNIST written by `prepare` (the carried idx files) on a
+    GPU and the tiny data with --cpu; `apply` makes its table from the saved curves, a stopped row's too."""
+    gpu, cpu = gpu_steps.steps(tmp_path, GPU), gpu_steps.steps(tmp_path, CPU)
+    assert [s.name for s in gpu][-2:] == ["ssl", "ssl_small_stem"]
+    assert "--fashion" in gpu[0].argv and "--fashion" not in cpu[0].argv
+    assert gpu[-2].needs == ("fashion/p1_data",) and cpu[-2].needs == ("data/p1_data",)
+    assert "equal-batched" in gpu[-2].argv and gpu[-1].argv[-2:] == ["--stem", "small"]
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text(f"top\n{gpu_report.BEGIN}\n{gpu_report.END}\n{gpu_report.SSL_BEGIN}\nold\n"
+                          f"{gpu_report.SSL_END}\nbottom\n")
+    monkeypatch.setattr(gpu_check, "BENCHMARKS", benchmarks)
+    run = tmp_path / "run"
+    (run / "ssl" / "curves").mkdir(parents=True)
+    (run / "summary.md").write_text("from the GPU\n")
+    (run / "summary.json").write_text(json.dumps({"device": "cuda"}))
+    curve = [{"step": 0, "knn_acc": 0.5}, {"step": 300, "knn_acc": 0.6}]
+    for row, partial in (("ours-batched", False), ("byol-pytorch-equal-batched", True)):
+        name = f"{row}-seed0" + (".partial" if partial else "")
+        (run / "ssl" / "curves" / f"{name}.json").write_text(json.dumps(
+            {"row": row, "label": row, "seed": 0, "steps": 3000, "curve": curve, "crosses_at": 300,
+             "partial": partial, "setup": {"stem": "torchvision"}}))
+    assert gpu_check.main(["apply", str(run)]) == 0
+    text = benchmarks.read_text()
+    block = text[text.index(gpu_report.SSL_BEGIN):text.index(gpu_report.SSL_END)]
+    assert "| ours-batched | 0 | 0.500 | 0.600 | step 300 |" in block and "old" not in block
+    assert "stopped at step 300 of 3000" in block
+    assert "](docs/img/ssl_gpu_ssl.png)" in block and (tmp_path / "docs" / "img" / "ssl_gpu_ssl.png").is_file()
+    assert text.endswith("bottom\n") and "from the GPU" in text

@@ -19,8 +19,8 @@ def _args(data: Path, *extra: str):
     return ssl.get_args_parser().parse_args(["--data-root", str(data), *SMALL, *extra])
 
 
-def _run(row: ssl.Row, data: Path, tmp_path: Path, steps: int = 2, seed: int = 0) -> ssl.RowRun:
-    args = _args(data, "--steps", str(steps))
+def _run(row: ssl.Row, data: Path, tmp_path: Path, steps: int = 2, seed: int = 0, *extra: str) -> ssl.RowRun:
+    args = _args(data, "--steps", str(steps), *extra)
     return ssl.RowRun(row, args, seed, torch.device("cpu"), ssl.start_state(args, seed), steps, None,
                       tmp_path / f"{row.label}-{seed}")
 
@@ -55,12 +55,28 @@ def test_rows_start_from_one_state_with_the_same_heads(tiny_data, tmp_path):
     assert all(torch.equal(v, ours[f"net.{k}"]) for k, v in shared.items())
 
 
+def test_batched_pair_with_the_small_stem_shares_its_start_and_views(tiny_data, tmp_path):
+    """The GPU's pair: byol-pytorch fed our batched views through its hooks, on the 32 px field's stem (3x3 stride 1,
+    no max-pool) in both networks; one start, and the same views at a step."""
+    runs = [_run(ssl.ROWS[name], tiny_data, tmp_path, 2, 0, "--stem", "small")
+            for name in ("ours-batched", "byol-pytorch-equal-batched")]
+    ours, theirs = (_start_tensors(run) for run in runs)
+    assert ours["net.conv1.weight"].shape[-2:] == (3, 3) and ours["target.conv1.weight"].shape[-2:] == (3, 3)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and ours.keys() == theirs.keys()
+    for run in runs:
+        assert isinstance(run.model.online_encoder.net.maxpool, torch.nn.Identity)
+        run.before_step(5)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    views = [[hook(images) for hook in (run.model.augment1, run.model.augment2)] for run in runs]
+    assert all(torch.equal(a, b) for a, b in zip(*views)) and not torch.equal(*views[0])
+
+
 def test_equal_views_and_target_give_byol_pytorch_our_computation(tiny_data, tmp_path):
     """With our views and our target EMA, byol-pytorch's pipeline computes what ours does, step for step: what is
     left to differ in the side by side's equal-views pair is its fixed-decay target update."""
     losses, nets = {}, {}
     for name, row in (("ours", ssl.ROWS["ours-per-image"]),
-                      ("theirs", ssl.Row("byol-pytorch, our views and EMA", ours=False, per_image_views=True,
+                      ("theirs", ssl.Row("byol-pytorch, our views and EMA", ours=False, views="per-image",
                                          target="cosine"))):
         run = _run(row, tiny_data, tmp_path, steps=3)
         seen = []
