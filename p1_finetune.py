@@ -17,6 +17,7 @@ each of its pieces has a flag of its own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 from pathlib import Path
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     model, backbone = build_classifier(args, recipe.head)
     memory_format = precision.resolve(args.precision, device).memory_format
     model = model.to(device, memory_format=memory_format)
-    ema = finetune_recipe.ema_model(model, recipe.ema_decay) if recipe.ema_decay else None
+    ema = finetune_recipe.WeightEMA(model, recipe.ema_decay) if recipe.ema_decay else None
 
     caching = cache.CacheConfig.from_args(args)
     train_set, augment, before_step = training_images(args, recipe, caching, world, device, memory_format)
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         frozen = "backbone frozen" if model.frozen else "full model"
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / "
               f"{len(val_set)} val images, {device}; recipe {args.recipe}: {recipe}")
-    history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
+    # last.pt records the recipe's pieces as they ran, not None for "the recipe's": a resume compares them
+    cfg = train_config.TrainConfig.from_args(argparse.Namespace(**{**vars(args), **dataclasses.asdict(recipe)}))
+    history = engine.fit(cfg, task, loader, world, device)
     if world.is_main and history:
         record_result(args, backbone, recipe.head, history)
     distributed.cleanup_distributed()

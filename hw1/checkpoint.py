@@ -109,16 +109,43 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-_RECIPE_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "batch_size", "image_size", "epochs", "seed")
+# A run's recipe: a resume that changes one of these says so, and the new value applies from there on…
+RECIPE_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "batch_size", "image_size", "epochs", "seed", "recipe",
+               "head", "augment", "mix", "label_smoothing", "ema_decay", "backbone_lr_scale")
+# …except where the checkpoint cannot follow: a classifier head of other weights' shapes.
+SHAPE_KEYS = ("head",)
 
 
-def warn_changed_recipe(path: str | os.PathLike, saved: dict, current: dict) -> None:
-    """Say which recipe flags a resumed run changes (`saved` and `current`: a run's flags as a dict)."""
-    changed = [f"{k} {saved[k]}→{current[k]}" for k in _RECIPE_KEYS
-               if k in saved and k in current and _norm(saved[k]) != _norm(current[k])]
+def recorded_flags(ckpt: dict) -> dict:
+    """The flags a checkpoint's run had. One left to its recipe (None: a last.pt written before the recipe's pieces
+    were recorded as they ran) reads the meta's value where it has one (the head)."""
+    return {**ckpt.get("meta", {}), **{k: v for k, v in ckpt.get("args", {}).items() if v is not None}}
+
+
+def changed_recipe(path: str | os.PathLike, saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """The recipe flags a resumed run changes (`saved`, `current`: a run's flags as a dict), as key → (saved,
+    current); a change the checkpoint cannot follow (SHAPE_KEYS) stops."""
+    changed = {k: (saved[k], current[k]) for k in RECIPE_KEYS
+               if saved.get(k) is not None and current.get(k) is not None and _norm(saved[k]) != _norm(current[k])}
+    for key in SHAPE_KEYS:
+        if key in changed:
+            (was, now), flag = changed[key], flag_name(key)
+            raise UserError(flag, f"{path} was trained with {flag} {was}; {flag} {now} has weights of other shapes",
+                            f"resume with {flag} {was}, or train anew in another --out")
+    return changed
+
+
+def warn_changed_recipe(path: str | os.PathLike, changed: dict[str, tuple[Any, Any]]) -> None:
+    """Say which recipe flags a resumed run changes (`changed_recipe`'s answer)."""
     if changed:
-        print(f"warning: {path}: resuming with other hyper-parameters: {', '.join(changed)} (the new values apply "
-              "from here on)", file=sys.stderr)
+        print(f"warning: {path}: resuming with other hyper-parameters: "
+              f"{', '.join(f'{k} {was}→{now}' for k, (was, now) in changed.items())} (the new values apply from here "
+              "on)", file=sys.stderr)
+
+
+def flag_name(key: str) -> str:
+    """A flag's name on the command line, from its key in a run's flags."""
+    return "--" + key.replace("_", "-")
 
 
 def _norm(v: Any) -> Any:

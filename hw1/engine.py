@@ -41,7 +41,7 @@ class Task:
     keep_best: bool = True                                      # write `best.pt` when the monitor improves
     evaluate_at_start: bool = False                             # also evaluate the initial model (epoch 0 in log.csv)
     lr_scale: Callable[[str], float] | None = None              # parameter name → its fraction of the lr
-    ema: nn.Module | None = None    # an AveragedModel of `model`, updated each step: evaluated and kept as best.pt
+    ema: nn.Module | None = None    # an EMA of `model` (`.module`), `.update()`d each step: evaluated, kept as best.pt
 
     @property
     def evaluated(self) -> nn.Module:
@@ -129,7 +129,7 @@ def train_one_epoch(train_model: nn.Module, task: Task, loader: DataLoader, stat
         state.scaler.update()
         _advance_schedule(state)
         if task.ema is not None:
-            task.ema.update_parameters(task.model)  # type: ignore[operator]
+            task.ema.update()  # type: ignore[operator]
         if task.after_step:
             task.after_step(state.step)
         state.step += 1

@@ -3,9 +3,11 @@ each a bundle of pieces that a flag of its own can also set; and the pieces that
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import itertools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -94,12 +96,46 @@ def trivial_augment_batch(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([augment(image) for image in images])
 
 
-def ema_model(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An EMA of `model`'s weights and BN statistics. The decay warms up as (1 + n) / (10 + n) so a short run's
-    average is not dominated by its first weights."""
+class WeightEMA(nn.Module):
+    """An EMA of `model`'s weights and BN statistics (`module`: evaluated and kept as best.pt), updated by `update`
+    after each optimiser step. Build it after placing the model: it holds the model's tensors from then on."""
 
-    def average(ema: torch.Tensor, current: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return ema * d + current * (1.0 - d)
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        fixed = {id(t): t for t in _fixed_tensors(model)}
+        # A frozen part is its own average: `module` shares its tensors (and the counters) with `model`, uncopied.
+        self.module = copy.deepcopy(model, memo=dict(fixed))
+        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long))  # last.pt's key, as AveragedModel's
+        self.decay, self.updates = decay, 0  # `updates`: n_averaged on the host, so the decay needs no device sync
+        live = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+        mine = dict(itertools.chain(self.module.named_parameters(), self.module.named_buffers()))
+        averaged = [name for name, t in live.items() if id(t) not in fixed]
+        self.averaged, self.live = [mine[n] for n in averaged], [live[n] for n in averaged]
 
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+    @torch.no_grad()
+    def update(self) -> None:
+        """Average the model's current weights in, in one multi-tensor op. The decay warms up as (1 + n) / (10 + n),
+        so a short run's average is not dominated by its first weights; the first update copies them."""
+        n = self.updates
+        decay = min(self.decay, (1.0 + n) / (10.0 + n)) if n else 0.0
+        if self.averaged:
+            torch._foreach_lerp_(self.averaged, self.live, 1.0 - decay)  # at weight 1 (decay 0) lerp is a copy
+        self.updates = n + 1
+        self.n_averaged.fill_(self.updates)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """`nn.Module.load_state_dict`, and the host's count of updates with it."""
+        result = super().load_state_dict(*args, **kwargs)
+        self.updates = int(self.n_averaged)
+        return result
+
+
+def _fixed_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """What an EMA of `model` need not average: frozen parameters, the buffers of a module whose parameters are all
+    frozen (a frozen backbone's BN statistics, kept by its eval mode) and counters (BN's num_batches_tracked)."""
+    fixed: list[torch.Tensor] = [p for p in model.parameters() if not p.requires_grad]
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        frozen = bool(own) and not any(p.requires_grad for p in own)
+        fixed += [b for b in module.buffers(recurse=False) if frozen or not b.is_floating_point()]
+    return fixed

@@ -38,7 +38,8 @@ def fresh(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, prec: Precis
     optimizer = optim.build_optimizer([p for _, p in trainable], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       betas=cfg.betas, fused=device.type == "cuda",
                                       lr_scales=[lr_scale(name) for name, _ in trainable] if lr_scale else None)
-    warmup, total = optim.schedule_lengths(cfg.warmup_steps, steps_per_epoch * cfg.epochs, verbose=verbose)
+    warmup, total = optim.schedule_lengths(cfg.warmup_steps, cfg.schedule_steps or steps_per_epoch * cfg.epochs,
+                                           verbose=verbose)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.warmup_cosine_lambda(warmup, total))
     return TrainState(optimizer, scheduler, prec.grad_scaler())
 
@@ -69,18 +70,19 @@ def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, wo
         raise UserError(path, f"not a training checkpoint (no {', '.join(missing)})",
                         "--resume takes the last.pt a training run wrote")
     checkpoint.check_meta(path, ckpt.get("meta", {}), meta)
-    checkpoint.warn_changed_recipe(path, ckpt.get("args", {}), cfg.flags)
-    if ema is not None and "ema" not in ckpt:
-        raise UserError(path, "holds no EMA of the weights, which this run keeps (--ema-decay)",
-                        "resume with the flags the checkpoint was trained with")
+    saved = checkpoint.recorded_flags(ckpt)
+    _check_ema(path, "ema" in ckpt, ema is not None, saved.get("ema_decay"), cfg.flags.get("ema_decay"))
+    changed = checkpoint.changed_recipe(path, saved, cfg.flags)
     try:
-        model.load_state_dict(ckpt["model"])
-        if ema is not None:
+        if ema is not None:  # first: the tensors it shares with the model (a frozen backbone) take the model's values
             ema.load_state_dict(ckpt["ema"])
+        model.load_state_dict(ckpt["model"])
         optim.restore(state.optimizer, state.scheduler, ckpt, cfg.lr)
     except (RuntimeError, ValueError) as err:  # other weights, or other optimiser groups (--backbone-lr-scale)
+        was = ", ".join(f"{checkpoint.flag_name(k)} {old}" for k, (old, _) in changed.items())
         raise UserError(path, f"does not fit this run ({str(err).splitlines()[0][:120]})",
-                        "resume with the flags the checkpoint was trained with") from err
+                        f"resume with the flags it was trained with{f' ({was})' if was else ''}") from err
+    checkpoint.warn_changed_recipe(path, changed)
     start_epoch, start_batch, state.step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
     state.best = ckpt.get("best", -math.inf)
     if ckpt.get("scaler"):  # empty when the checkpointed run did not scale (bf16, fp32)
@@ -90,6 +92,19 @@ def resume(state: TrainState, model: nn.Module, meta: dict, cfg: TrainConfig, wo
         print(f"resumed from {path}: epoch {start_epoch}, batch {start_batch}, step {state.step}")
         _drop_rows_after(cfg.out / "log.csv", start_epoch)
     return start_epoch, start_batch
+
+
+def _check_ema(path: Path, saved: bool, kept: bool, saved_decay: Any, decay: Any) -> None:
+    """A resume keeps an EMA of the weights exactly when its checkpoint has one: dropping it would lose the average,
+    and `best` (the EMA's score) would then be compared with the live model's, and the other way round."""
+    if saved and not kept:
+        raise UserError("--ema-decay", f"{path} holds an EMA of the weights (--ema-decay {saved_decay}), whose score "
+                        "is the run's best: without --ema-decay this run would drop it",
+                        f"resume with --ema-decay {saved_decay}")
+    if kept and not saved:
+        raise UserError("--ema-decay", f"{path} holds no EMA of the weights for --ema-decay {decay} to go on from "
+                        "(its best score is the live model's)", "resume without --ema-decay, or train anew in another "
+                        "--out")
 
 
 def _drop_rows_after(log: Path, epoch: int) -> None:
