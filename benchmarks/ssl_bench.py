@@ -67,6 +67,9 @@ ROWS = {
     "ours-batched": Row("ours, batched views (--gpu-aug)", ours=True, views="batched"),
     "byol-pytorch-equal-batched": Row("byol-pytorch, our batched views", ours=False, views="batched"),
     "byol-pytorch-own": Row("byol-pytorch, its batch-wide views", ours=False, views="byol-pytorch"),
+    # ours with byol-pytorch's fixed 0.99 target: what the equal-views pair differs in (tests/test_ssl_bench.py)
+    "ours-per-image-fixed-target": Row("ours, per-image views, fixed 0.99 target", ours=True, views="per-image",
+                                       target="fixed"),
     "byol-pytorch-readme": Row("byol-pytorch as its README ships it", ours=False, views="byol-pytorch", readme=True),
 }
 # equal: the views made per image in the loader (the CPU's pair); equal-batched: the batched views on the device
