@@ -139,8 +139,8 @@ def warn_changed_recipe(path: str | os.PathLike, changed: dict[str, tuple[Any, A
     """Say which recipe flags a resumed run changes (`changed_recipe`'s answer)."""
     if changed:
         print(f"warning: {path}: resuming with other hyper-parameters: "
-              f"{', '.join(f'{k} {was}→{now}' for k, (was, now) in changed.items())} (the new values apply from here "
-              "on)", file=sys.stderr)
+              f"{', '.join(f'{flag_name(k)} {was}→{now}' for k, (was, now) in changed.items())} (the new values apply "
+              "from here on)", file=sys.stderr)
 
 
 def flag_name(key: str) -> str:

@@ -342,8 +342,8 @@ def test_bad_input_resume_with_other_hyperparameters_warns_and_uses_them(p1, tmp
     works(capsys, p1_finetune.main, finetune(p1, out, "--epochs", "2"))  # 1 step an epoch: stops after epoch 1
     _, warnings = works(capsys, p1_finetune.main, finetune(p1, out, "--epochs", "2", "--max-steps", "2", "--resume",
                                                            "--lr", "3e-4", "--weight-decay", "0.01"))
-    assert warnings == [f"warning: {out / 'last.pt'}: resuming with other hyper-parameters: lr 0.0001→0.0003, "
-                        "weight_decay 0.05→0.01 (the new values apply from here on)"]
+    assert warnings == [f"warning: {out / 'last.pt'}: resuming with other hyper-parameters: --lr 0.0001→0.0003, "
+                        "--weight-decay 0.05→0.01 (the new values apply from here on)"]
     groups = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [3e-4, 3e-4] and [g["weight_decay"] for g in groups] == [0.01, 0.0]
 

@@ -233,7 +233,7 @@ def test_resume_with_another_label_smoothing_warns_and_applies_it(ema_run: Path,
     code, err, last = resume(ema_run, tiny_data, tmp_path, capsys, "--ema-decay", "0.9", "--label-smoothing", "0.1",
                              "--max-steps", "2")
     assert code == 0 and smoothing == [0.1]
-    assert f"warning: {last}: resuming with other hyper-parameters: label_smoothing 0.0→0.1 (the new values apply " \
+    assert f"warning: {last}: resuming with other hyper-parameters: --label-smoothing 0.0→0.1 (the new values apply " \
            "from here on)" in err
     assert torch.load(last, weights_only=True)["args"]["label_smoothing"] == 0.1
 
