@@ -178,7 +178,8 @@ class RowRun:
         self.ema = TargetEMA(self.model, steps, args.ema_start) if row.target == "cosine" else None
         self.curve: list[dict] = []
         self.on_eval: Callable[[list[dict]], None] | None = None  # e.g. save the curve so far
-        self.stamps: list[float] = []  # after each step, evaluation excluded
+        self.stamps: list[float] = []  # after each step, on a clock that stops while the monitor runs
+        self.eval_s = 0.0                # the monitor's seconds so far
         self._last_loss = torch.zeros(())
 
     def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor:
@@ -197,12 +198,12 @@ class RowRun:
             self.model.update_moving_average()
         sync(self.device)
         now = time.perf_counter()
-        self.stamps.append(now)
+        self.stamps.append(now - self.eval_s)
         done = step + 1
         if self.eval_every and (done % self.eval_every == 0 or done == self.steps):
             row = self.score(done)
             window = [s for s in self.curve if s["step"] < done][-1]["step"]
-            seconds = self.stamps[-1] - self.stamps[window - 1] if window else self.stamps[-1] - self.t0
+            seconds = self.stamps[-1] - (self.stamps[window - 1] if window else self.t0)
             row.update(loss=round(self._last_loss.item(), 4),
                        images_per_s=round((done - window) * self.args.batch_size / seconds, 1))
             self.curve.append(row)
@@ -210,9 +211,7 @@ class RowRun:
                 self.on_eval(self.curve)
             print(f"{self.row.label} (seed {self.seed}) step {done}: kNN {row['knn_acc']:.3f}, "
                   f"view gap {row['view_gap']:.3f}, {row['images_per_s']} img/s", flush=True)
-            shift = time.perf_counter() - now  # the evaluation's time: taken out of every stamp so far
-            self.stamps = [s + shift for s in self.stamps]
-            self.t0 += shift
+            self.eval_s += time.perf_counter() - now
             self.model.train()
 
     def score(self, step: int) -> dict:

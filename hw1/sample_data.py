@@ -218,6 +218,7 @@ def remove_write(root: str | Path, owned: Sequence[str]) -> None:
 def begin_write(root: str | Path, stamp: dict, owned: Sequence[str]) -> Path:
     """Empty what the writer owns under `root` and stamp the write as begun; `end_write` stamps it finished."""
     root = io.ensure_dir(root)
+    root = Path(root)
     remove_write(root, owned)
     io.write_json(root / STAMP, {**stamp, "finished": False})
     return root
