@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hw1 import checkpoint
+from hw1.train import checkpoint
 from hw1.errors import run_main
 
 

@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from hw1 import (cache, data, distributed, engine, finetune_recipe, gpu_aug, io, loading, precision,
-                 train_config)
+from hw1.data import cache, folders, gpu_aug
+from hw1.train import config, distributed, engine, loading, precision
+from hw1.p1 import finetune_recipe
+from hw1 import io
 from hw1.errors import UserError, run_main
-from hw1.models import ARCHS, Classifier, load_backbone_into
-from hw1.recipes import FINETUNE_VIEW
-from hw1.settings import SETTINGS
+from hw1.p1.models import ARCHS, Classifier, load_backbone_into
+from hw1.data.recipes import FINETUNE_VIEW
+from hw1.p1.settings import SETTINGS
 
 OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
 
@@ -45,7 +47,7 @@ def default_backbone(setting: str, data_root: str) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_config.add_common_args(parser, epochs=500, batch_size=128, image_size=128,
+    config.add_common_args(parser, epochs=500, batch_size=128, image_size=128,
                                  warmup_steps=100, out="runs/finetune")
     parser.set_defaults(save_every=25)  # 500 short epochs: last.pt and best.pt 20 times, not 500 (BENCHMARKS.md)
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True,
@@ -65,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def build_classifier(args: argparse.Namespace, head: str) -> tuple[Classifier, str]:
     setting = SETTINGS[args.setting]
-    model = Classifier(args.arch, data.NUM_OFFICE_CLASSES, frozen=setting.frozen, head=head)
+    model = Classifier(args.arch, folders.NUM_OFFICE_CLASSES, frozen=setting.frozen, head=head)
     if not setting.needs_backbone:
         if args.backbone:
             raise UserError("--backbone", f"setting {args.setting} starts from random initialisation",
@@ -82,8 +84,8 @@ def training_images(args: argparse.Namespace, recipe: finetune_recipe.FinetuneRe
     """The training set, and with --gpu-aug the batch augmentation the loss applies and its per-step reseed (the
     loader then yields uint8 images); without, the loader's transforms augment and both are None."""
     trivial = recipe.augment == "trivialaugment"
-    train_transform = data.classify_train_transform(args.image_size, trivial_augment=trivial)
-    train_set = data.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
+    train_transform = folders.classify_train_transform(args.image_size, trivial_augment=trivial)
+    train_set = folders.office_dataset(args.data_root, "train", train_transform, skip_unreadable=True)
     if not gpu_aug.wanted(args.gpu_aug, device):
         return cache.maybe_cached(caching, train_set, "office_train", world), None, None
     images = cache.uint8_images(caching, train_set.paths, "office_train", world, labels=train_set.labels)
@@ -105,14 +107,14 @@ def main(argv: list[str] | None = None) -> None:
 
     caching = cache.CacheConfig.from_args(args)
     train_set, augment, before_step = training_images(args, recipe, caching, world, device, memory_format)
-    val_set = data.office_dataset(args.data_root, "val", data.classify_eval_transform(args.image_size))
+    val_set = folders.office_dataset(args.data_root, "val", folders.classify_eval_transform(args.image_size))
     val_set = cache.maybe_cached(caching, val_set, "office_val", world)
     loader = loading.make_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed,
                                  world=world, device=device)
     val_loader = loading.make_loader(val_set, args.batch_size, train=False, workers=args.workers, seed=args.seed,
                                      world=world, device=device)
 
-    mixer = finetune_recipe.batch_mixer(recipe.mix, data.NUM_OFFICE_CLASSES)
+    mixer = finetune_recipe.batch_mixer(recipe.mix, folders.NUM_OFFICE_CLASSES)
 
     def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, targets = batch
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     task = engine.Task(
         model=model, loss_fn=loss_fn, evaluate=evaluate, monitor="val_acc", keep_first=True, before_step=before_step,
-        meta={"task": "classify", "arch": args.arch, "num_classes": data.NUM_OFFICE_CLASSES,
+        meta={"task": "classify", "arch": args.arch, "num_classes": folders.NUM_OFFICE_CLASSES,
               "image_size": args.image_size, "setting": args.setting, "backbone": backbone, "recipe": args.recipe,
               **model.head_meta()},
         lr_scale=lambda name: 1.0 if Classifier.is_head(name) else recipe.backbone_lr_scale, ema=ema,
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"setting {args.setting}: {args.arch}, backbone {backbone}, {frozen}, {len(train_set)} train / "
               f"{len(val_set)} val images, {device}; recipe {args.recipe}: {recipe}")
     # last.pt records the recipe's pieces as they ran, not None for "the recipe's": a resume compares them
-    cfg = train_config.TrainConfig.from_args(argparse.Namespace(**{**vars(args), **dataclasses.asdict(recipe)}))
+    cfg = config.TrainConfig.from_args(argparse.Namespace(**{**vars(args), **dataclasses.asdict(recipe)}))
     history = engine.fit(cfg, task, loader, world, device)
     if world.is_main and history:
         record_result(args, backbone, recipe.head, history)

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from hw1 import checkpoint, data, distributed, io, loading, precision
+from hw1.train import checkpoint, distributed, loading, precision
+from hw1.data import folders
+from hw1 import io
 from hw1.errors import UserError, run_main
-from hw1.models import ARCHS, Classifier, classifier_from_meta, guess_arch
+from hw1.p1.models import ARCHS, Classifier, classifier_from_meta, guess_arch
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_classifier.pt"
 
@@ -72,8 +74,9 @@ def load_classifier(path: Path, device: torch.device,
     if arch not in ARCHS or not isinstance(size, int):
         raise UserError(path, f"classifier meta names arch={arch!r}, image_size={size!r}",
                         f"expected one of {', '.join(ARCHS)} and an integer size")
-    if num_classes != data.NUM_OFFICE_CLASSES:
-        raise UserError(path, f"classifier predicts {num_classes} classes, Office-Home has {data.NUM_OFFICE_CLASSES}",
+    if num_classes != folders.NUM_OFFICE_CLASSES:
+        raise UserError(path, f"classifier predicts {num_classes} classes, Office-Home has "
+                              f"{folders.NUM_OFFICE_CLASSES}",
                         "pass an Office-Home classifier")
     model = classifier_from_meta(meta, path)
     try:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         raise UserError("--batch-size", f"{args.batch_size} is not a positive number", "use e.g. 256")
     path = checkpoint_path(args.checkpoint)  # input mistakes first, before any device notes
-    rows = data.read_image_csv(args.csv, args.image_dir, need_labels=False)
+    rows = folders.read_image_csv(args.csv, args.image_dir, need_labels=False)
     io.ensure_dir(Path(args.out).parent)  # an unwritable output fails now, not after the predictions
     device = distributed.setup_device(args.device, exact=True)  # true fp32 (SPEC §9)
     prec = precision.resolve(args.precision, device, grading=True)
@@ -97,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     image_dir = Path(args.image_dir)
-    dataset = data.ImageListDataset([image_dir / r.filename for r in rows],
-                                    transform=data.classify_eval_transform(meta["image_size"]))
+    dataset = folders.ImageListDataset([image_dir / r.filename for r in rows],
+                                    transform=folders.classify_eval_transform(meta["image_size"]))
     batches = loading.in_order(dataset, args.batch_size, args.workers, device)
     logits, _ = loading.extract_features(model, batches, device, prec=prec, desc="inference")
     preds = logits.argmax(1).tolist()
-    io.write_csv(args.out, data.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
+    io.write_csv(args.out, folders.CSV_COLUMNS, [[r.id, r.filename, p] for r, p in zip(rows, preds)])
     print(f"predicted {len(rows)} images with {meta['arch']} ({path}, {meta['image_size']} px) on {device}, "
           f"{prec.describe()}, in {time.time() - t0:.1f}s → {args.out}")
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from hw1 import cache, distributed, engine, gpu_aug, train_config
+from hw1.data import cache, gpu_aug
+from hw1.train import config, distributed, engine
 from hw1.errors import run_main
-from hw1.models import ARCHS
-from hw1.pretraining import PretrainConfig, Pretraining
+from hw1.p1.models import ARCHS
+from hw1.p1.pretraining import PretrainConfig, Pretraining
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_config.add_common_args(parser, epochs=1000, batch_size=256, image_size=128,
+    config.add_common_args(parser, epochs=1000, batch_size=256, image_size=128,
                                  warmup_steps=4000, out="runs/pretrain")
     parser.add_argument("--method", choices=["byol", "supervised"], default="byol",
                         help="byol: no labels; supervised: labels from `<class>_<n>.jpg` names (default: %(default)s)")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if world.is_main:
         print(f"{args.method} pre-training of {args.arch} on {len(dataset)} images, {device}, world size {world.size}")
-    history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
+    history = engine.fit(config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         print(f"backbone: {out / 'backbone_last.pt'}")
     distributed.cleanup_distributed()

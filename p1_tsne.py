@@ -20,10 +20,12 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from hw1 import checkpoint, data, distributed, io, loading, precision, viz
+from hw1.train import checkpoint, distributed, loading, precision
+from hw1.data import folders
+from hw1 import io, viz
 from hw1.errors import UserError, run_main
-from hw1.metrics import knn_accuracy
-from hw1.models import Classifier, classifier_from_meta
+from hw1.train.metrics import knn_accuracy
+from hw1.p1.models import Classifier, classifier_from_meta
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,7 +76,7 @@ def load_classifier(path: str, device: torch.device,
     if "arch" not in meta or "model" not in ckpt:
         raise UserError(path, "not a classifier checkpoint (no meta.arch / model)",
                         "pass a checkpoint of p1_finetune.py")
-    model = classifier_from_meta({"num_classes": data.NUM_OFFICE_CLASSES, **meta}, path)
+    model = classifier_from_meta({"num_classes": folders.NUM_OFFICE_CLASSES, **meta}, path)
     model.load_state_dict(ckpt["model"])
     return model.to(device, memory_format=memory_format).eval(), meta, int(ckpt.get("epoch", 0))
 
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     train_labels = None
     for ckpt_path in map(Path, args.checkpoints):
         model, meta, epoch = load_classifier(str(ckpt_path), device, prec.memory_format)
-        tf = data.classify_eval_transform(meta.get("image_size", 128))
-        train_set, val_set = (data.office_dataset(args.data_root, "train", tf),
-                              data.office_dataset(args.data_root, "val", tf))
+        tf = folders.classify_eval_transform(meta.get("image_size", 128))
+        train_set, val_set = (folders.office_dataset(args.data_root, "train", tf),
+                              folders.office_dataset(args.data_root, "val", tf))
         (train_f, train_y), (val_f, val_y) = (
             loading.extract_features(model.features, loading.in_order(split, args.batch_size, args.workers, device),
                                      device, prec=prec, desc=f"{ckpt_path.name} {name}")
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         sil = silhouette_2d(emb, labels)
         name = label_for(ckpt_path)
         title = f"{name} (epoch {epoch}): silhouette {sil:.3f}, kNN acc {knn:.3f}"
-        png = viz.save_tsne(out / f"tsne_{name}.png", emb, labels, title, num_classes=data.NUM_OFFICE_CLASSES)
+        png = viz.save_tsne(out / f"tsne_{name}.png", emb, labels, title, num_classes=folders.NUM_OFFICE_CLASSES)
         results.append({"checkpoint": str(ckpt_path), "name": name, "setting": meta.get("setting"),
                         "arch": meta["arch"], "epoch": epoch, "feature_dim": int(train_f.shape[1]),
                         "n_train": len(train_set), "n_val": len(val_set), "silhouette_2d": sil, "knn_acc": knn,
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{ckpt_path}: epoch {epoch}, {train_f.shape[1]}-d features of {len(train_set)} images, "
               f"silhouette (2-D) {sil:.4f}, kNN acc (train→val) {knn:.4f} → {png}")
     side = viz.save_tsne_grid(out / "tsne_side_by_side.png", embeddings, train_labels, titles,
-                              num_classes=data.NUM_OFFICE_CLASSES)
+                              num_classes=folders.NUM_OFFICE_CLASSES)
     io.write_json(out / "tsne_scores.json", {"perplexity": args.perplexity, "pca_dims": args.pca_dims,
                                              "knn_k": args.knn_k, "seed": args.seed, "side_by_side": side.name,
                                              "checkpoints": results})

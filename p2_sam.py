@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw1 import data, distributed, io, precision, viz
+from hw1.data import folders
+from hw1.train import distributed, precision
+from hw1 import io, viz
 from hw1.compat import strip_suffix
 from hw1.errors import UserError, run_main
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results = []
     for path in images:
-        image = np.asarray(data.load_rgb(path))
+        image = np.asarray(folders.load_rgb(path))
         t0 = time.time()
         with torch.inference_mode():
             masks = generator.generate(image)

@@ -17,21 +17,22 @@ from __future__ import annotations
 import argparse
 import functools
 
-from hw1 import segmentation, train_config
+from hw1.p2 import training
+from hw1.train import config
 from hw1.errors import run_main
-from hw1.losses import focal_loss
-from hw1.seg_data import IGNORE_INDEX
-from hw1.seg_models import DEEPLAB
+from hw1.p2.losses import focal_loss
+from hw1.p2.data import IGNORE_INDEX
+from hw1.p2.models import DEEPLAB
 
 EPOCHS = 30  # see the docstring
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_config.add_common_args(parser, epochs=EPOCHS, batch_size=8, image_size=512,
+    config.add_common_args(parser, epochs=EPOCHS, batch_size=8, image_size=512,
                                  warmup_steps=500, out="runs/p2_deeplab")
     parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
-    segmentation.add_args(parser)
+    training.add_args(parser)
     parser.add_argument("--arch", choices=list(DEEPLAB), default="deeplabv3_resnet101", help="default: %(default)s")
     parser.add_argument("--focal-alpha", type=float, default=0.25, help="default: %(default)s")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="default: %(default)s")
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     criterion = functools.partial(focal_loss, alpha=args.focal_alpha, gamma=args.focal_gamma, ignore_index=IGNORE_INDEX)
-    segmentation.train(args, arch=args.arch, criterion=criterion, aux_weight=args.aux_weight)
+    training.train(args, arch=args.arch, criterion=criterion, aux_weight=args.aux_weight)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,21 @@ import functools
 
 import torch.nn.functional as F
 
-from hw1 import segmentation, train_config
+from hw1.p2 import training
+from hw1.train import config
 from hw1.errors import run_main
-from hw1.seg_data import IGNORE_INDEX
-from hw1.seg_models import FC_WIDTH, VGGS
+from hw1.p2.data import IGNORE_INDEX
+from hw1.p2.models import FC_WIDTH, VGGS
 
 EPOCHS = 40  # see the docstring
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_config.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512,
+    config.add_common_args(parser, epochs=EPOCHS, batch_size=16, image_size=512,
                                  warmup_steps=500, out="runs/p2_fcn32s")
     parser.set_defaults(save_every=5)  # last.pt (and best.pt) every 5 epochs, at the end, on a signal
-    segmentation.add_args(parser)
+    training.add_args(parser)
     parser.add_argument("--fc-width", type=int, default=FC_WIDTH,
                         help="channels of fc6 (7x7 conv) and fc7 (1x1 conv); VGG16's is 4096, narrower is for "
                              "CPU-sized runs with --weights none (default: %(default)s)")
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    segmentation.train(args, arch="fcn32s", criterion=functools.partial(F.cross_entropy, ignore_index=IGNORE_INDEX),
+    training.train(args, arch="fcn32s", criterion=functools.partial(F.cross_entropy, ignore_index=IGNORE_INDEX),
                        model_options={"fc_width": args.fc_width, "vgg": args.vgg})
 
 

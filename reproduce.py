@@ -11,7 +11,7 @@ exist is skipped, so a stopped run continues where it stopped (training resumes 
 last.pt); --force runs everything again from scratch.
 
 The data the sample, tiny and fashion presets write goes to a folder of the preset and seed (sample_data/<preset>,
-sample_data/<preset>_s<seed> for a seed other than 0). Its stamp (hw1/sample_data.py) says what it holds: the same
+sample_data/<preset>_s<seed> for a seed other than 0). Its stamp (hw1/samples/synthetic.py) says what it holds: the same
 data is reused as it is (Fashion-MNIST's idx files are then not needed), and other data there stops the run with one
 line before any stage, unless --force, which then deletes exactly the files the data stage writes, and writes them.
 
@@ -34,13 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from hw1 import fashion, io, sample_data  # noqa: E402
+from hw1.samples import fashion, stamps, synthetic  # noqa: E402
+from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
-from hw1.finetune_recipe import RECIPES  # noqa: E402
-from hw1.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
-from hw1.report import Layout, ReportInfo, write_report  # noqa: E402
-from hw1.settings import SETTINGS  # noqa: E402
-from hw1.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
+from hw1.p1.finetune_recipe import RECIPES  # noqa: E402
+from hw1.report.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
+from hw1.report.markdown import Layout, ReportInfo, write_report  # noqa: E402
+from hw1.p1.settings import SETTINGS  # noqa: E402
+from hw1.report.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -90,10 +91,11 @@ def data_stage(args: argparse.Namespace, preset: dict) -> Stage | None:
     """The stage that writes the preset's data (None: the course data, which nothing writes)."""
     data = Path(args.data_root)
     if preset["sample_data"] == "fashion":  # real images: the split is drawn by the seed, as training is
-        return Stage("Fashion-MNIST data", [PY, "-m", "hw1.fashion", "--out", str(data), "--seed", str(args.seed)],
+        return Stage("Fashion-MNIST data",
+                     [PY, "-m", "hw1.samples.fashion", "--out", str(data), "--seed", str(args.seed)],
                      [data / "p1_data" / "office" / "val.csv"])
     if preset["sample_data"]:
-        return Stage("sample data", [PY, "-m", "hw1.sample_data", "--out", str(data),
+        return Stage("sample data", [PY, "-m", "hw1.samples.synthetic", "--out", str(data),
                                      "--preset", preset["sample_data"], "--seed", str(args.seed)],
                      [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"])
     return None
@@ -104,7 +106,7 @@ def data_write(args: argparse.Namespace, preset: dict) -> tuple[dict, tuple[str,
     if preset["sample_data"] == "fashion":
         return fashion.data_stamp(args.seed), fashion.OWNED
     if preset["sample_data"]:
-        return sample_data.data_stamp(preset["sample_data"], args.seed), sample_data.OWNED
+        return synthetic.data_stamp(preset["sample_data"], args.seed), stamps.OWNED
     return None
 
 
@@ -214,8 +216,8 @@ def check_inputs(args: argparse.Namespace, preset: dict) -> None:
                         "pass --data-root with the course's hw1_data, or use --preset sample")
     written = data_write(args, preset)
     data = Path(args.data_root)
-    if written is not None and not args.report_only and not sample_data.is_written(data, written[0]):
-        problem = sample_data.conflict(data, *written)  # another preset's or seed's data: never mixed with ours
+    if written is not None and not args.report_only and not stamps.is_written(data, written[0]):
+        problem = stamps.conflict(data, *written)  # another preset's or seed's data: never mixed with ours
         if problem and not args.force:
             raise UserError(data, problem, f"`{data_stage(args, preset).command()} --replace` replaces it (only the "
                                            "files that command writes), --force does too and runs every stage again; "
@@ -232,16 +234,16 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     preset = PRESETS[args.preset]
     args.data_root = args.data_root or str("hw1_data" if preset["sample_data"] is None
-                                           else sample_data.default_root(args.preset, args.seed))
+                                           else stamps.default_root(args.preset, args.seed))
     layout = Layout(Path(args.runs or f"runs/{args.preset}"), args.recipe, shared_with_seed(preset))
     check_inputs(args, preset)
     if args.force and layout.runs.exists() and not args.report_only:
         print(f"--force: removing {layout.runs} to start from scratch")
         shutil.rmtree(layout.runs)
     written = data_write(args, preset)
-    if args.force and written and not args.report_only and sample_data.conflict(args.data_root, *written):
+    if args.force and written and not args.report_only and stamps.conflict(args.data_root, *written):
         print(f"--force: removing the other data in {args.data_root} ({', '.join(written[1])})")
-        sample_data.remove_write(args.data_root, written[1])
+        stamps.remove_write(args.data_root, written[1])
     stages = plan(args, layout)
     records: dict = json.loads(layout.stages.read_text()) if layout.stages.is_file() else {}
     ran_now: list[str] = []

@@ -11,10 +11,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from hw1 import data, distributed, loading
-from hw1.byol import byol_view_transform
-from hw1.gpu_aug import BatchView, batch_views
-from hw1.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
+from hw1.data import folders
+from hw1.train import distributed, loading
+from hw1.p1.byol import byol_view_transform
+from hw1.data.gpu_aug import BatchView, batch_views
+from hw1.data.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
 from .common import make_images, rate, sync, timed_steps
 
@@ -39,7 +40,7 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
             K.Normalize(torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)))
 
     tv = [byol_view_transform(s, r) for r in BYOL_VIEWS]
-    impls = {"ours (hw1.gpu_aug)": ("per image", lambda: [v(x) for v in ours])}
+    impls = {"ours (hw1.data.gpu_aug)": ("per image", lambda: [v(x) for v in ours])}
     if K is not None:
         kv = [kornia_view(r) for r in BYOL_VIEWS]
         impls["kornia.augmentation"] = ("per image, but one jitter order per batch",
@@ -58,14 +59,14 @@ def bench_aug(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
 
 def bench_data(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
     """Images/s the loaders deliver with no model: (b) TwoViews in the workers; (c) the cache, and + views."""
-    from hw1 import cache
-    from hw1.byol import TwoViews
+    from hw1.data import cache
+    from hw1.p1.byol import TwoViews
 
     world = distributed.World()
-    paths = data.mini_paths(cfg.data_root)
+    paths = folders.mini_paths(cfg.data_root)
     n_batches = cfg.warmup + cfg.steps
     rows = []
-    b_set = data.ImageListDataset(paths, transform=TwoViews(cfg.image_size))
+    b_set = folders.ImageListDataset(paths, transform=TwoViews(cfg.image_size))
     c_path = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
     c_set = cache.CachedImages(c_path)
     views = batch_views(cfg.image_size, seed=0, memory_format=cfg.prec.memory_format)
@@ -95,13 +96,13 @@ def bench_loaders(cfg: argparse.Namespace, device: torch.device, work: Path) -> 
     """Images/s the fine-tuning loader (decoded-image cache + the classification transform in the workers; or, as
     --gpu-aug has it, cached uint8 batches and the batched view on `device`) and the segmentation loader (512 px
     JPEG + PNG mask, joint flips) feed, with no model, at `--workers`: is the loader what a fast GPU would wait for?"""
-    from hw1 import cache
-    from hw1.seg_data import SatMaskDataset, collate, find_pairs, write_mask
+    from hw1.data import cache
+    from hw1.p2.data import SatMaskDataset, collate, find_pairs, write_mask
 
     world = distributed.World()
-    paths = data.mini_paths(cfg.data_root)
+    paths = folders.mini_paths(cfg.data_root)
     cached = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
-    finetune_set = cache.CachedImages(cached, [0] * len(paths), data.classify_train_transform(cfg.image_size))
+    finetune_set = cache.CachedImages(cached, [0] * len(paths), folders.classify_train_transform(cfg.image_size))
     uint8_set = cache.CachedImages(cached, [0] * len(paths))
     view = BatchView(cfg.image_size, FINETUNE_VIEW, torch.Generator().manual_seed(0), cfg.prec.memory_format)
     seg_dir = work / "p2_train"

@@ -230,10 +230,10 @@ def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch
     """The device line and packages (OUT/env.json), the tiny sample data (OUT/data), for the timed hw1_2.sh
     `timed_images` satellite images of `timed_px` (distinct images, repeated) and a random-weight checkpoint; with
     `fashion`, the Fashion-MNIST preset's data (OUT/fashion) from the idx files carried in FASHION_IDX."""
-    from hw1 import checkpoint
-    from hw1.sample_data import write_sample_data
-    from hw1.seg_data import NUM_CLASSES, write_p2_sample
-    from hw1.seg_models import build_seg_model
+    from hw1.train import checkpoint
+    from hw1.samples.synthetic import write_sample_data
+    from hw1.p2.data import NUM_CLASSES, write_p2_sample
+    from hw1.p2.models import build_seg_model
 
     env = environment(device)
     io.write_json(out / "env.json", env)
@@ -250,7 +250,7 @@ def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch
     checkpoint.save_checkpoint(timed / "p2_random.pt", {"model": build_seg_model(timed_arch, "none").state_dict(),
                                                         "meta": meta})
     if fashion:
-        from hw1 import fashion as fmnist
+        from hw1.samples import fashion as fmnist
 
         # last: without the carried idx files this step fails on its one line, and only the side by side is not run
         fmnist.write_fashion(out / "fashion", seed=0, source=FASHION_IDX if FASHION_IDX.is_dir() else None)

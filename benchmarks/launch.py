@@ -24,7 +24,7 @@ import runpy  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as torch_dist  # noqa: E402
 
-from hw1 import distributed  # noqa: E402
+from hw1.train import distributed  # noqa: E402
 
 
 def one_rank_ddp() -> None:

@@ -9,8 +9,9 @@ from typing import Callable
 
 import torch
 
-from hw1 import checkpoint, data, distributed, loading
-from hw1.pretraining import KnnMonitor
+from hw1.train import checkpoint, distributed, loading
+from hw1.data import folders
+from hw1.p1.pretraining import KnnMonitor
 
 from .common import make_images, sync
 
@@ -36,17 +37,17 @@ def monitor_data_path(cfg: argparse.Namespace, device: torch.device, work: Path,
                       rows: dict[str, dict]) -> dict[str, torch.Tensor]:
     """The kNN monitor's images, before (JPEGs through fresh loader pools) and now (cached uint8 on the device);
     returns the cached sets."""
-    from hw1 import cache
+    from hw1.data import cache
 
     n_val = max(1, round(cfg.overhead_images * 406 / 4357))  # Office-Home's train / val split
     office = {split: make_images(work / "office" / split, n, 128, seed=7 + k)
               for k, (split, n) in enumerate((("train", cfg.overhead_images - n_val), ("val", n_val)))}
     pool = lambda x: x.float().mean((2, 3))  # noqa: E731 - a stand-in for the backbone: the data path alone
 
-    tf = data.classify_eval_transform(128)
+    tf = folders.classify_eval_transform(128)
     t = time.perf_counter()
     for paths in office.values():  # before: loading.extract_features over the JPEGs, a fresh pool each set
-        dataset = data.ImageListDataset(paths, [0] * len(paths), tf)
+        dataset = folders.ImageListDataset(paths, [0] * len(paths), tf)
         loading.extract_features(pool, loading.in_order(dataset, workers=cfg.workers, device=device), device)
     rows["monitor data path, before: decode the JPEGs, 2 fresh loader pools"] = {"seconds": time.perf_counter() - t}
     caching = cache.CacheConfig(True, work / "cache", cfg.workers)
@@ -90,7 +91,7 @@ def monitor_forward(cfg: argparse.Namespace, device: torch.device, images: dict[
 
 def checkpoint_writes(cfg: argparse.Namespace, device: torch.device, rows: dict[str, dict]) -> None:
     """Writing last.pt (with AdamW's state) and backbone_last.pt of a BYOL --arch, on the output disk."""
-    from hw1.byol import build_byol
+    from hw1.p1.byol import build_byol
 
     model = build_byol(cfg.arch, 128, device)
     trained = [p for p in model.parameters() if p.requires_grad]  # not the target network, as in engine.fit
@@ -111,13 +112,13 @@ def checkpoint_writes(cfg: argparse.Namespace, device: torch.device, rows: dict[
 
 def loader_start_up(cfg: argparse.Namespace, device: torch.device, rows: dict[str, dict]) -> None:
     """The training loader's first batch: fresh workers (every epoch before issue 12) and kept ones (now)."""
-    from hw1 import cache
-    from hw1.byol import TwoViews
+    from hw1.data import cache
+    from hw1.p1.byol import TwoViews
 
-    paths = data.mini_paths(cfg.data_root)
+    paths = folders.mini_paths(cfg.data_root)
     c_path = cache.ensure(paths, cfg.cache_dir, "mini_train", workers=cfg.workers)
     for name, dataset in (("(c) cache", cache.CachedImages(c_path)),
-                          ("(b) TwoViews", data.ImageListDataset(paths, transform=TwoViews(cfg.image_size)))):
+                          ("(b) TwoViews", folders.ImageListDataset(paths, transform=TwoViews(cfg.image_size)))):
         loader = loading.make_loader(dataset, cfg.batch_size, train=True, workers=cfg.workers, seed=0,
                                      world=distributed.World(), device=device)
         firsts = []
@@ -134,7 +135,7 @@ def loader_start_up(cfg: argparse.Namespace, device: torch.device, rows: dict[st
 
 def build_resnet_features(arch: str) -> torch.nn.Module:
     """The backbone the monitor runs: a torchvision ResNet without `fc`."""
-    from hw1.models import build_resnet
+    from hw1.p1.models import build_resnet
 
     net = build_resnet(arch)
     net.fc = torch.nn.Identity()

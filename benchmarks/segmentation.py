@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw1 import checkpoint
+from hw1.train import checkpoint
 
 from .common import PeakMemory, make_images, rate, timed_steps
 
@@ -25,7 +25,7 @@ def bench_seg(cfg: argparse.Namespace, device: torch.device) -> list[dict]:
 
 def _bench_seg_model(cfg: argparse.Namespace, device: torch.device, arch: str) -> list[dict]:
     """One model's rows; its memory is freed when this returns."""
-    from hw1.seg_models import build_seg_model
+    from hw1.p2.models import build_seg_model
 
     rows = []
     model = build_seg_model(arch, "none").to(device, memory_format=cfg.prec.memory_format)
@@ -64,7 +64,7 @@ def _bench_seg_model(cfg: argparse.Namespace, device: torch.device, arch: str) -
 
 def bench_hw12(cfg: argparse.Namespace, device: torch.device, work: Path) -> dict:
     """Wall time of `bash hw1_2.sh IMAGES OUT` on generated 512x512 images with a random-weight checkpoint."""
-    from hw1.seg_models import build_seg_model
+    from hw1.p2.models import build_seg_model
 
     arch = cfg.seg_archs[-1]
     images = work / "hw12_images"

@@ -18,7 +18,7 @@ and every --eval-every steps. A row's curve is saved as it finishes (OUT/curves/
 not run again, so the rows may span sessions; images/s is the median, min and max of --time-repeats timed runs of
 --time-steps steps (OUT/timing/ROW.json). OUT/ssl.json, ssl.md and ssl.png gather what is saved.
 
-    python -m hw1.fashion --out sample_data/fashion --seed 0
+    python -m hw1.samples.fashion --out sample_data/fashion --seed 0
     python -m benchmarks.ssl_bench --data-root sample_data/fashion --out runs/ssl --rows equal --seeds 0 1
 """
 from __future__ import annotations
@@ -36,11 +36,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hw1 import cache, data, distributed, engine, io, train_config
-from hw1.byol import SelectView, TargetEMA, build_byol
+from hw1.data import cache, folders
+from hw1.train import config, distributed, engine
+from hw1 import io
+from hw1.p1.byol import SelectView, TargetEMA, build_byol
 from hw1.errors import UserError, run_main
-from hw1.models import build_resnet
-from hw1.pretraining import PretrainConfig, Pretraining
+from hw1.p1.models import build_resnet
+from hw1.p1.pretraining import PretrainConfig, Pretraining
 
 from . import byol_reference
 from .common import sync
@@ -160,7 +162,7 @@ class RowRun:
         self.loader, self.monitor = pretraining.loader, pretraining.monitor
         if eval_every and self.monitor is None:
             raise UserError(args.data_root, "no Office-Home sets (p1_data/office) for the kNN monitor",
-                            "write the data with python -m hw1.fashion")
+                            "write the data with python -m hw1.samples.fashion")
         self.before_step = pretraining.before_step if pretraining.views else None
         if row.ours:
             self.model = pretraining.model
@@ -224,7 +226,7 @@ class RowRun:
         self.curve = [self.score(0)] if self.eval_every else []
         task = engine.Task(model=self.model, loss_fn=self.loss, meta={"task": "ssl-bench", "arch": self.args.arch},
                            before_step=self.before_step, after_step=self.after_step, keep_best=False)
-        cfg = dataclasses.replace(train_config.TrainConfig.from_args(self.flags), schedule_steps=self.steps)
+        cfg = dataclasses.replace(config.TrainConfig.from_args(self.flags), schedule_steps=self.steps)
         self.model.train()
         self.t0 = time.perf_counter()
         engine.fit(cfg, task, self.loader, distributed.World(), self.device)
@@ -236,7 +238,7 @@ def _pretrain_flags(args: argparse.Namespace, seed: int, steps: int, per_image: 
     """p1_pretrain.py's flags for a row: its loader, views and monitor are the project's own."""
     import p1_pretrain
 
-    images = len(data.mini_paths(args.data_root))
+    images = len(folders.mini_paths(args.data_root))
     epochs = math.ceil(steps / max(1, images // args.batch_size))
     return p1_pretrain.get_args_parser().parse_args([
         "--data-root", args.data_root, "--out", str(work), "--arch", args.arch,

@@ -74,7 +74,7 @@ def trace(argv: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True,
-                        help="course-layout data (python -m hw1.sample_data --preset tiny)")
+                        help="course-layout data (python -m hw1.samples.synthetic --preset tiny)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     stack, between = trace(["--data-root", args.data_root, "--out", args.out, "--arch", "resnet18", "--image-size",

@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from hw1 import data, distributed, engine, train_config
-from hw1.gpu_aug import batch_views
+from hw1.data import folders
+from hw1.train import config, distributed, engine
+from hw1.data.gpu_aug import batch_views
 
 from . import byol_reference
 from .common import PeakMemory, pretrain_args, rate, sync, timed_steps
@@ -28,7 +29,7 @@ def bench_byol_pytorch(cfg: argparse.Namespace, device: torch.device) -> dict:
 
     tf = T.Compose([T.PILToTensor(), T.Resize((cfg.image_size, cfg.image_size), antialias=True),
                     T.ToDtype(torch.float32, scale=True)])
-    dataset = data.ImageListDataset(data.mini_paths(cfg.data_root), transform=tf)
+    dataset = folders.ImageListDataset(folders.mini_paths(cfg.data_root), transform=tf)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True)
     with PeakMemory(device) as mem:
@@ -89,7 +90,7 @@ def bench_step(cfg: argparse.Namespace, device: torch.device, name: str, *flags:
         with PeakMemory(device) as mem:
             task, loader = p1_pretrain.setup(args, distributed.World(), device)
             task.evaluate, task.on_save, task.keep_first = None, None, False
-            cfg_train = train_config.TrainConfig.from_args(args)
+            cfg_train = config.TrainConfig.from_args(args)
             with step_times(task, device, watch_syncs_from=cfg.warmup + 1) as stamps:
                 t0 = time.perf_counter()
                 history = engine.fit(cfg_train, task, loader, distributed.World(), device)
@@ -120,7 +121,7 @@ def count_step_flops(cfg: argparse.Namespace, device: torch.device) -> float:
     """FLOPs of one BYOL training step of (c) (forward + backward), counted by FlopCounterMode, per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hw1.byol import build_byol
+    from hw1.p1.byol import build_byol
 
     fmt = cfg.prec.memory_format
     model = build_byol(cfg.arch, cfg.image_size, device, augment_fns=batch_views(cfg.image_size, memory_format=fmt),
@@ -160,7 +161,7 @@ def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
 
         task.loss_fn, task.after_step = loss_fn, after_step
         with prof:
-            engine.fit(train_config.TrainConfig.from_args(args), task, loader, distributed.World(), device)
+            engine.fit(config.TrainConfig.from_args(args), task, loader, distributed.World(), device)
     events = prof.key_averages()
     on_gpu = device.type == "cuda"
 

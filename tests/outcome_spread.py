@@ -47,9 +47,9 @@ def byol(data: Path, out: Path, seed: int) -> dict:
 
     import p1_pretrain
     from conftest import P1_SMALL
-    from hw1.gpu_aug import batch_views
-    from hw1.metrics import view_gap
-    from hw1.sample_data import write_p1
+    from hw1.data.gpu_aug import batch_views
+    from hw1.train.metrics import view_gap
+    from hw1.samples.synthetic import write_p1
     from test_p1_pretrain import _resnet18
 
     root = out / "data"
@@ -83,9 +83,9 @@ def byol(data: Path, out: Path, seed: int) -> dict:
 def deeplab(data: Path, out: Path, seed: int) -> dict:
     """test_p2_train_infer.run_dir → test_short_training_raises_validation_miou_well_above_untrained."""
     import p2_train_deeplab
-    from hw1.seg_data import SatMaskDataset, collate, find_pairs
-    from hw1.seg_models import build_seg_model
-    from hw1.segmentation import evaluate_miou, recalibrate_batchnorm
+    from hw1.p2.data import SatMaskDataset, collate, find_pairs
+    from hw1.p2.models import build_seg_model
+    from hw1.p2.training import evaluate_miou, recalibrate_batchnorm
     from test_p2_train_infer import ARCH, CPU, RECALIBRATE, SHORT_RUN, SIZE
 
     p2_train_deeplab.main(["--data-root", str(data), "--out", str(out), "--results", str(out / "results.csv"), *CPU,
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default="spread.json",
                         help="results, rewritten after every run (default: %(default)s)")
     args = parser.parse_args()
-    from hw1.sample_data import write_sample_data
+    from hw1.samples.synthetic import write_sample_data
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

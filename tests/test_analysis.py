@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from hw1 import checkpoint, engine, io, viz
-from hw1.data import NUM_OFFICE_CLASSES
+from hw1.train import checkpoint, engine
+from hw1 import io, viz
+from hw1.data.folders import NUM_OFFICE_CLASSES
 from hw1.errors import run_main
-from hw1.models import Classifier
+from hw1.p1.models import Classifier
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -128,7 +129,7 @@ def test_sam_random_tiny_model_writes_overlays_and_json(prec, tiny_data, tmp_pat
 @needs_sam
 def test_sam_image_encoder_computes_in_bf16_and_hands_fp32_to_the_decoder():
     import p2_sam
-    from hw1.precision import Precision
+    from hw1.train.precision import Precision
 
     sam = p2_sam.build_tiny_sam()
     seen = []

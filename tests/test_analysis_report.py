@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 
 import reproduce
-from hw1 import engine, io, viz
-from hw1.report import P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
-from hw1.seg_data import write_mask
-from hw1.settings import SETTINGS
+from hw1.train import engine
+from hw1 import io, viz
+from hw1.report.markdown import P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
+from hw1.p2.data import write_mask
+from hw1.p1.settings import SETTINGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -270,7 +271,7 @@ def test_a_stopped_training_stage_resumes_and_a_changed_one_starts_afresh(tmp_pa
 
 def test_sample_findings_say_whether_a_difference_is_beyond_the_seed_to_seed_spread():
     """C − A moved by 0.097 between two sample runs: +0.04 is not settled; B − A's +0.15 is."""
-    from hw1 import findings
+    from hw1.report import findings
 
     results = {"p1": {"A": {"val_acc": 0.29}, "B": {"val_acc": 0.44}, "C": {"val_acc": 0.33}}}
     rows = [line for line in findings.markdown(findings.check(results), "sample") if line.startswith("| ")]
@@ -283,7 +284,7 @@ def test_sample_findings_say_whether_a_difference_is_beyond_the_seed_to_seed_spr
 def test_fashion_findings_spreads_cover_seeds_0_to_3():
     """Seed 3 of the fashion preset (issue 34's clean clone): C − A +0.042 and E − E0 +0.065 lie outside seeds 0–2's
     ranges, so over seeds 0–3 neither is settled; B − A's +0.089 still is."""
-    from hw1 import findings
+    from hw1.report import findings
 
     results = {"p1": {"A": {"val_acc": 0.692}, "B": {"val_acc": 0.781}, "C": {"val_acc": 0.734},
                       "E": {"val_acc": 0.652}, "E0": {"val_acc": 0.587}},

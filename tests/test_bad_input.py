@@ -23,8 +23,8 @@ import p2_inference
 import p2_train_deeplab
 import p2_train_fcn32
 from hw1.errors import run_main
-from hw1.models import backbone_state, build_resnet
-from hw1.seg_data import CLASS_COLOURS
+from hw1.p1.models import backbone_state, build_resnet
+from hw1.p2.data import CLASS_COLOURS
 from robust_helpers import PYTHON, ROOT, one_thread, run, small_p1_root, small_p2_root
 
 TRAIN = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",

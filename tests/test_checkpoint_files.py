@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import export_checkpoint
-from hw1 import checkpoint
+from hw1.train import checkpoint
 from hw1.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]

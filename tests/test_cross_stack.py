@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hw1 import checkpoint
+from hw1.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER = os.environ.get("HW1_OTHER_PYTHON", "")

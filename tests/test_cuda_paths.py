@@ -12,12 +12,13 @@ import torchvision
 from torch import nn
 
 import p1_pretrain
-from hw1 import cache_file, distributed, optim
-from hw1.cache import CacheConfig
-from hw1.distributed import World
+from hw1.data import cache
+from hw1.train import distributed, optim
+from hw1.data.cache import CacheConfig
+from hw1.train.distributed import World
 from hw1.errors import UserError
-from hw1.loading import EpochSampler
-from hw1.pretraining import KnnMonitor, PretrainConfig
+from hw1.train.loading import EpochSampler
+from hw1.p1.pretraining import KnnMonitor, PretrainConfig
 
 
 def test_optimizer_state_restored_into_channels_last_parameters_takes_their_layout() -> None:
@@ -130,9 +131,9 @@ def test_waiting_ranks_wait_for_the_cache_as_long_as_it_takes_and_say_so(tmp_pat
     """Not at NCCL's barrier (10 minutes, then a crash): for the file rank 0 renames into place, with a note."""
     target = tmp_path / "office_train-128px-key.npy"
     threading.Timer(0.4, target.write_bytes, args=(b"done",)).start()
-    cache_file.wait_for_build(target, "office_train", 3951, poll_s=0.02, say_every_s=0.1)
+    cache.wait_for_build(target, "office_train", 3951, poll_s=0.02, say_every_s=0.1)
     assert ("note: waiting for rank 0 to build the decoded-image cache of office_train (3951 images)"
             in capsys.readouterr().out)
-    monkeypatch.setattr(cache_file, "WAIT_S", 0.1)
+    monkeypatch.setattr(cache, "WAIT_S", 0.1)
     with pytest.raises(UserError, match="rank 0 did not finish the decoded-image cache of mini_train"):
-        cache_file.wait_for_build(tmp_path / "never.npy", "mini_train", 0, poll_s=0.02)
+        cache.wait_for_build(tmp_path / "never.npy", "mini_train", 0, poll_s=0.02)

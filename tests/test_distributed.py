@@ -22,9 +22,9 @@ import torch
 
 import p1_finetune
 from conftest import fixture_dir
-from hw1.distributed import World
-from hw1.loading import EpochSampler
-from hw1.models import backbone_state, build_resnet
+from hw1.train.distributed import World
+from hw1.train.loading import EpochSampler
+from hw1.p1.models import backbone_state, build_resnet
 from robust_helpers import (PYTHON, ROOT, assert_same_run, max_abs_diff, model_state, one_thread, run, small_p1_root,
                             small_p2_root)
 

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 import reproduce
-from hw1 import fashion, io, sample_data
+from hw1.samples import fashion, stamps
+from hw1 import io
 from hw1.errors import UserError, run_main
-from hw1.report_data import Layout
+from hw1.report.results import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +161,7 @@ def test_another_seed_in_the_same_folder_is_refused_then_replaced_exactly(tmp_pa
                                val_per_class=2)
     assert len(mini) == 100 and sorted(i for _, i in mini) == sorted(drawn[0].tolist())
     assert not set(mini) & set(train) and sorted(i for _, i in train) == sorted(drawn[1].tolist())
-    assert (out / "notes.txt").read_text() == "mine" and sample_data.read_stamp(out)["seed"] == 1
+    assert (out / "notes.txt").read_text() == "mine" and stamps.read_stamp(out)["seed"] == 1
     before = mtimes(out)
     capsys.readouterr()
     write(["--out", str(out), "--source", str(tmp_path / "nowhere"), "--seed", "1", *sizes])  # no idx files needed
@@ -171,16 +172,16 @@ def test_a_folder_without_a_stamp_is_refused_and_a_stopped_write_is_redone(tmp_p
     source = fake_fashion(tmp_path / "raw")
     kw = dict(seed=0, pretrain=100, train_per_class=3, val_per_class=2, source=source)
     root = fashion.write_fashion(tmp_path / "d", **kw)
-    stamp = sample_data.read_stamp(root)
-    (root / sample_data.STAMP).unlink()  # as a folder written before stamps, or by a write killed before its end
+    stamp = stamps.read_stamp(root)
+    (root / stamps.STAMP).unlink()  # as a folder written before stamps, or by a write killed before its end
     with pytest.raises(UserError, match="holds p1_data/mini/train but no data_stamp.json"):
         fashion.write_fashion(root, **kw)
-    io.write_json(root / sample_data.STAMP, {**stamp, "finished": False})  # this write, stopped: redone
+    io.write_json(root / stamps.STAMP, {**stamp, "finished": False})  # this write, stopped: redone
     stray = root / "p1_data" / "mini" / "train" / "9_999.jpg"
     shutil.copy(next((root / "p1_data" / "office" / "train").glob("*.jpg")), stray)
     fashion.write_fashion(root, **kw)
     assert not stray.exists() and len(identities(root / "p1_data" / "mini" / "train")) == 100
-    assert sample_data.read_stamp(root) == {**stamp, "finished": True}
+    assert stamps.read_stamp(root) == {**stamp, "finished": True}
 
 
 def test_plain_idx_files_are_read(tmp_path):
@@ -191,7 +192,7 @@ def test_plain_idx_files_are_read(tmp_path):
 
 def test_missing_files_one_line_with_both_fixes(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "FASHION_MNIST_DIR": str(tmp_path / "nowhere")}
-    proc = subprocess.run([sys.executable, "-m", "hw1.fashion", "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "hw1.samples.fashion", "--out", str(tmp_path / "out"),
                            "--source", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True,
                           env=env)
     assert proc.returncode == 2
@@ -282,9 +283,9 @@ def test_reproduce_refuses_another_seeds_folder_and_force_replaces_it(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {data}: holds other data (preset fashion, seed 0,")
     assert "--force" in err[0] and f"--out {data} --seed 1 --replace`" in err[0]
-    assert not (tmp_path / "r").exists() and sample_data.read_stamp(data)["seed"] == 0
+    assert not (tmp_path / "r").exists() and stamps.read_stamp(data)["seed"] == 0
     reproduce.main(argv + ["--force"])
-    assert sample_data.read_stamp(data) == {**fashion.data_stamp(1), "finished": True}
+    assert stamps.read_stamp(data) == {**fashion.data_stamp(1), "finished": True}
     assert len(list((data / "p1_data" / "mini" / "train").glob("*.jpg"))) == fashion.SIZES["pretrain"]
 
 
@@ -293,10 +294,10 @@ def test_each_seed_has_its_own_default_data_folder(tmp_path, monkeypatch, capsys
     source = fake_fashion(tmp_path / "raw")
     fashion.main(["--seed", "3", "--source", str(source), "--pretrain", "100", "--train-per-class", "3",
                   "--val-per-class", "2"])
-    assert sample_data.read_stamp(tmp_path / "sample_data" / "fashion_s3")["seed"] == 3
+    assert stamps.read_stamp(tmp_path / "sample_data" / "fashion_s3")["seed"] == 3
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(fashion, "DEBIAN_DIR", tmp_path / "no-debian")
     with pytest.raises(SystemExit):
         run_main(reproduce.main)(["--preset", "fashion", "--seed", "4", "--runs", "r"])
     assert "sample_data/fashion_s4/FashionMNIST/raw" in capsys.readouterr().err
-    assert sample_data.default_root("fashion", 0) == Path("sample_data/fashion")
+    assert stamps.default_root("fashion", 0) == Path("sample_data/fashion")

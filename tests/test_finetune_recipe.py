@@ -23,12 +23,15 @@ from torchvision.transforms import v2
 import p1_finetune
 import p1_inference
 import reproduce
-from hw1 import checkpoint, data, engine, finetune_recipe, io, optim, precision, train_state
+from hw1.train import checkpoint, engine, optim, precision, state as train_state
+from hw1.data import folders as data
+from hw1.p1 import finetune_recipe
+from hw1 import io
 from hw1.errors import UserError, run_main
-from hw1.finetune_recipe import RECIPES, FinetuneRecipe
-from hw1.models import Classifier
-from hw1.presets import PRESETS, shared_with_seed
-from hw1.report import Layout, write_report
+from hw1.p1.finetune_recipe import RECIPES, FinetuneRecipe
+from hw1.p1.models import Classifier
+from hw1.report.presets import PRESETS, shared_with_seed
+from hw1.report.markdown import Layout, write_report
 from conftest import P1_SMALL, drop_checkpoints, fixture_dir
 
 
@@ -84,7 +87,7 @@ def test_mlp_head_trains_on_a_frozen_backbone_and_inference_rebuilds_it(tiny_dat
 
 
 def mlp_head_by_hand(weights: dict, images: torch.Tensor) -> torch.Tensor:
-    """A checkpoint's resnet18 + BN-MLP head, rebuilt from its tensors without hw1.models: torchvision's backbone,
+    """A checkpoint's resnet18 + BN-MLP head, rebuilt from its tensors without hw1.p1.models: torchvision's backbone,
     then Linear → BatchNorm1d (eval: running statistics) → ReLU → Linear written out."""
     backbone = torchvision.models.resnet18()
     backbone.fc = torch.nn.Identity()

@@ -11,9 +11,9 @@ import torch
 import p1_finetune
 import reproduce
 from conftest import P1_LEARN_EPOCHS, P1_SMALL
-from hw1 import gpu_aug
-from hw1.models import load_backbone_file
-from hw1.recipes import FINETUNE_VIEW
+from hw1.data import gpu_aug
+from hw1.p1.models import load_backbone_file
+from hw1.data.recipes import FINETUNE_VIEW
 from robust_helpers import small_p1_root
 
 SETTINGS = ("A", "B", "C", "D", "E", "E0")

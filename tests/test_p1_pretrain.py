@@ -14,13 +14,16 @@ from torchvision.transforms import v2 as T
 
 import p1_pretrain
 from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
-from hw1 import checkpoint, data, distributed, engine, io, loading, pretraining
-from hw1.byol import SelectView, TwoViews
+from hw1.train import checkpoint, distributed, engine, loading
+from hw1.data import folders
+from hw1 import io
+from hw1.p1 import pretraining
+from hw1.p1.byol import SelectView, TwoViews
 from hw1.errors import UserError
-from hw1.gpu_aug import batch_views
-from hw1.metrics import knn_accuracy, view_gap
-from hw1.pretraining import PretrainConfig
-from hw1.sample_data import write_p1
+from hw1.data.gpu_aug import batch_views
+from hw1.train.metrics import knn_accuracy, view_gap
+from hw1.p1.pretraining import PretrainConfig
+from hw1.samples.synthetic import write_p1
 from robust_helpers import small_p1_root
 
 BATCH = 8
@@ -53,7 +56,7 @@ def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(T.RandomResizedCrop, V2_PARAMS_METHOD, record)
     gradient_image().save(tmp_path / "g.png")
-    dataset = data.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
+    dataset = folders.ImageListDataset([tmp_path / "g.png"] * BATCH, transform=TwoViews(32))
     loader = loading.make_loader(dataset, BATCH, train=True, workers=0, seed=0, world=distributed.World(),
                                  device=torch.device("cpu"))
     views, _ = next(iter(loader))
@@ -66,7 +69,7 @@ def test_loader_views_give_each_image_its_own_crop(tmp_path: Path, monkeypatch: 
 
 
 def test_batched_views_give_each_image_its_own_crop() -> None:
-    """The GPU path (hw1.gpu_aug, default on CUDA; run here on the CPU): per-image boxes in one batch call."""
+    """The GPU path (hw1.data.gpu_aug, default on CUDA; run here on the CPU): per-image boxes in one batch call."""
     view1, view2 = batch_views(32, seed=0)
     batch = torch.from_numpy(np.array(gradient_image())).permute(2, 0, 1).repeat(BATCH, 1, 1, 1)
     out1, out2 = view1(batch), view2(batch)
@@ -177,8 +180,8 @@ def test_byol_makes_two_views_of_an_image_closer_than_views_of_different_images(
 def test_byol_knn_monitor_measures_the_exported_backbone(byol_run: tuple[Path, Path, dict]) -> None:
     """log.csv's knn_acc is cosine kNN (k=20), Office-Home train → val at 32 px, of backbone_last.pt."""
     root, out, _ = byol_run
-    tf = data.classify_eval_transform(32)
-    train_set, val_set = data.office_dataset(root, "train", tf), data.office_dataset(root, "val", tf)
+    tf = folders.classify_eval_transform(32)
+    train_set, val_set = folders.office_dataset(root, "train", tf), folders.office_dataset(root, "val", tf)
     net = _resnet18(torch.load(out / "backbone_last.pt", weights_only=True))
     cpu = torch.device("cpu")
     acc = knn_accuracy(*loading.extract_features(net, loading.in_order(train_set), cpu),

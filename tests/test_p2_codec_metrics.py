@@ -9,8 +9,8 @@ from PIL import Image
 
 import mean_iou
 from hw1.errors import WARNINGS, run_main
-from hw1.losses import focal_loss
-from hw1.seg_data import (CLASS_COLOURS, SatMaskDataset, Pair, classes_to_rgb, joint_augment, read_mask,
+from hw1.p2.losses import focal_loss
+from hw1.p2.data import (CLASS_COLOURS, SatMaskDataset, Pair, classes_to_rgb, joint_augment, read_mask,
                           rgb_to_classes, write_mask)
 
 

@@ -18,9 +18,9 @@ import p1_inference
 import p1_pretrain
 import p2_inference
 from conftest import P1_SMALL
-from hw1 import precision
-from hw1.gpu_aug import BatchView, apply_view
-from hw1.recipes import BYOL_VIEWS
+from hw1.train import precision
+from hw1.data.gpu_aug import BatchView, apply_view
+from hw1.data.recipes import BYOL_VIEWS
 from robust_helpers import small_p1_root, small_p2_root
 
 CPU = ["--device", "cpu"]

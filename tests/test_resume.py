@@ -27,7 +27,8 @@ import p1_finetune
 import p1_pretrain
 import p2_inference
 from conftest import drop_checkpoints, fixture_dir
-from hw1 import checkpoint, distributed, io, loading
+from hw1.train import checkpoint, distributed, loading
+from hw1 import io
 from hw1.errors import UserError, run_main
 from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
 

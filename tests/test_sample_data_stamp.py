@@ -1,4 +1,4 @@
-"""The sample data's folder (hw1/sample_data.py): another preset's or seed's data is refused in one line or, asked,
+"""The sample data's folder (hw1/samples/stamps.py): another preset's or seed's data is refused in one line or, asked,
 replaced by exactly what the writer owns; the same data is reused as it is."""
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hw1 import io, sample_data
+from hw1 import io
+from hw1.samples import stamps, synthetic
 from hw1.errors import UserError, run_main
 
 # The tiny preset's files: 64 x 3 Mini-ImageNet, 65 x 3 and 65 x 1 Office-Home, 32 and 6 satellite images with masks.
@@ -19,7 +20,7 @@ def counts(root: Path) -> dict:
 
 
 def test_another_seed_is_refused_in_one_line_then_replaced_exactly(tmp_path, capsys):
-    out, write = tmp_path / "d", run_main(sample_data.main)
+    out, write = tmp_path / "d", run_main(synthetic.main)
     write(["--out", str(out), "--preset", "tiny", "--seed", "0"])
     seed0 = (out / "p1_data" / "mini" / "train" / "0_0.jpg").read_bytes()
     capsys.readouterr()
@@ -34,7 +35,7 @@ def test_another_seed_is_refused_in_one_line_then_replaced_exactly(tmp_path, cap
     write(["--out", str(out), "--preset", "tiny", "--seed", "1", "--replace"])
     assert counts(out) == TINY and (out / "p1_data" / "pretrain_model_SL.pt").read_bytes() == b"given"
     assert (out / "p1_data" / "mini" / "train" / "0_0.jpg").read_bytes() != seed0
-    assert sample_data.read_stamp(out) == {**sample_data.data_stamp("tiny", 1), "finished": True}
+    assert stamps.read_stamp(out) == {**synthetic.data_stamp("tiny", 1), "finished": True}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     capsys.readouterr()
     write(["--out", str(out), "--preset", "tiny", "--seed", "1"])
@@ -42,11 +43,11 @@ def test_another_seed_is_refused_in_one_line_then_replaced_exactly(tmp_path, cap
 
 
 def test_unstamped_or_another_presets_folder_is_refused(tmp_path):
-    root = sample_data.write_sample_data(tmp_path / "d", preset="tiny")
-    (root / sample_data.STAMP).unlink()  # as a folder written before stamps, or by a write killed before its end
+    root = synthetic.write_sample_data(tmp_path / "d", preset="tiny")
+    (root / stamps.STAMP).unlink()  # as a folder written before stamps, or by a write killed before its end
     with pytest.raises(UserError, match="holds p1_data/mini/train but no data_stamp.json"):
-        sample_data.write_sample_data(root, preset="tiny")
-    io.write_json(root / sample_data.STAMP, {**sample_data.data_stamp("sample", 0), "finished": True})
+        synthetic.write_sample_data(root, preset="tiny")
+    io.write_json(root / stamps.STAMP, {**synthetic.data_stamp("sample", 0), "finished": True})
     with pytest.raises(UserError, match=r"holds other data \(preset sample, seed 0, mini_per_class 20"):
-        sample_data.write_sample_data(root, preset="tiny")
+        synthetic.write_sample_data(root, preset="tiny")
     assert counts(root) == TINY

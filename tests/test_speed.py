@@ -16,11 +16,11 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from conftest import V2_PARAMS_METHOD
-from hw1 import cache, cache_file
-from hw1.byol import TwoViews
-from hw1.data import classify_train_transform, load_rgb
-from hw1.gpu_aug import BatchView, ViewParams, apply_view, batch_views, sample_view
-from hw1.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD
+from hw1.data import cache
+from hw1.p1.byol import TwoViews
+from hw1.data.folders import classify_train_transform, load_rgb
+from hw1.data.gpu_aug import BatchView, ViewParams, apply_view, batch_views, sample_view
+from hw1.data.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(IMAGENET_MEAN).view(-1, 3, 1, 1)
@@ -246,8 +246,8 @@ def write_jpegs(folder: Path, n: int, side: int = 24) -> list[Path]:
 def test_cache_is_reused_until_a_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = write_jpegs(tmp_path / "images", 6)
     builds = []
-    real_build = cache_file.build
-    monkeypatch.setattr(cache_file, "build", lambda *a, **k: (builds.append(a[2]), real_build(*a, **k)))
+    real_build = cache.build
+    monkeypatch.setattr(cache, "build", lambda *a, **k: (builds.append(a[2]), real_build(*a, **k)))
     first = cache.ensure(paths, tmp_path / "cache", "demo")
     data = cache.CachedImages(first)
     assert [tuple(data[i][0].shape) for i in range(6)] == [(3, 24, 24)] * 6
@@ -268,10 +268,10 @@ def test_cache_is_reused_until_a_file_changes(tmp_path: Path, monkeypatch: pytes
 
 def test_cache_without_room_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = write_jpegs(tmp_path / "images", 2)
-    monkeypatch.setattr(cache_file.shutil, "disk_usage", lambda p: type("u", (), {"free": 1000})())
-    with pytest.raises(cache_file.UserError, match="not enough free disk"):
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: type("u", (), {"free": 1000})())
+    with pytest.raises(cache.UserError, match="not enough free disk"):
         cache.ensure(paths, tmp_path / "cache", "demo")
-    assert not cache_file.fits(tmp_path / "cache", 2, 24)
+    assert not cache.fits(tmp_path / "cache", 2, 24)
 
 
 # ---------------------------------------------------------------- training and the benchmark

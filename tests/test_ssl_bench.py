@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import ssl_bench as ssl
-from hw1 import distributed
+from hw1.train import distributed
 
 SMALL = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--projection-hidden-size", "64",
          "--workers", "0", "--device", "cpu", "--lr", "1e-3", "--warmup-steps", "1"]
@@ -93,7 +93,7 @@ def test_equal_views_and_target_give_byol_pytorch_our_computation(tiny_data, tmp
 
 def test_learning_rate_and_target_ema_span_exactly_the_steps(tiny_data, tmp_path, monkeypatch):
     """The warm-up/cosine and the target decay end at --steps, not at the end of the epochs that hold them."""
-    from hw1.byol import ema_decay
+    from hw1.p1.byol import ema_decay
 
     run = _run(ssl.ROWS["ours-per-image"], tiny_data, tmp_path, steps=3)
     assert run.loader.sampler.batches_per_epoch() * int(run.flags.epochs) > 3  # the epochs would span more

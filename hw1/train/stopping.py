@@ -12,8 +12,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from ..errors import UserError
 from .distributed import cleanup_distributed
-from .errors import UserError
 
 
 class StopRequested:

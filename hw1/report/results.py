@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import findings, io
-from .finetune_recipe import RECIPES
-from .settings import SETTINGS
+from .. import io
+from ..p1.finetune_recipe import RECIPES
+from ..p1.settings import SETTINGS
+from . import findings
 
 P2_REFERENCE = {"fcn32s": ("A: VGG16-FCN32s", 0.7008), "deeplabv3": ("B: DeepLabV3-ResNet101, focal loss", 0.7597)}
 SEG_CLASSES = ("urban", "agriculture", "rangeland", "forest", "water", "barren")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import fashion, finetune_recipe
-from .settings import SETTINGS
+from ..p1 import finetune_recipe
+from ..p1.settings import SETTINGS
+from ..samples import fashion
 
-# Per preset: the sample data to write (None: use the course data; "fashion": Fashion-MNIST, hw1/fashion.py), the
+# Per preset: the sample data to write (None: use the course data; "fashion": Fashion-MNIST, samples/fashion.py), the
 # problems it runs (default both), then extra flags per stage ("<stage>_strong": added under --recipe strong).
 # Everything not named here is the script's default, i.e. the reference recipe.
 PRESETS: dict[str, dict] = {
@@ -47,12 +48,14 @@ PRESETS: dict[str, dict] = {
     },
     "fashion": {
         "description": "The Fashion-MNIST preset: Problem 1 on real photographs (Fashion-MNIST's 28 px grayscale "
-                       "product photos, SPEC §10) laid out as the course's data by `hw1/fashion.py`: 10,000 unlabelled "
+                       "product photos, SPEC §10) laid out as the course's data by `hw1/samples/fashion.py`: "
+                       "10,000 unlabelled "
                        "training images to pre-train on, 50 labelled a class to fine-tune on, 100 a class from the "
                        "test set to validate on; ResNet18 at 32 px on two CPU cores (docs/presets.md). Problem 2 "
                        "is left out: its only data here is synthetic (`--preset sample` runs it).",
         "sample_data": "fashion", "workers": "1", "problems": ("p1",),
-        "data_note": "real photographs, Fashion-MNIST (SPEC §10), that `hw1/fashion.py` lays out in the course layout: "
+        "data_note": "real photographs, Fashion-MNIST (SPEC §10), that `hw1/samples/fashion.py` lays out in the course "
+                     "layout: "
                      "10 classes of clothing, 28 px grayscale",
         "classes_note": "One Office-Home-layout training image per class, classes 0–9 left to right: "
                         + ", ".join(fashion.CLASSES) + " (Fashion-MNIST).",

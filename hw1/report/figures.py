@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, viz
-from .data import load_rgb
-from .report_data import csv_rows, to_float
+from .. import io, viz
+from ..data.folders import load_rgb
+from .results import csv_rows, to_float
 
 SNAPSHOT_STEMS = ("0013", "0062", "0104")
 PROGRESS_TAGS = ("early", "middle", "final")
@@ -61,7 +61,7 @@ def compare_runs(path: Path, logs: dict[str, Path], metric: str, ylabel: str) ->
 
 def progress_figure(path: Path, snapshots: Path, val_dir: Path) -> bool:
     """Rows = snapshot images; columns = image | ground truth | early | middle | final prediction."""
-    from .seg_data import classes_to_rgb, read_mask
+    from ..p2.data import classes_to_rgb, read_mask
 
     rows, names = [], []
     for stem in SNAPSHOT_STEMS:

@@ -9,12 +9,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import checkpoint, io, optim
+from .. import io
+from ..errors import UserError
+from . import checkpoint, optim
 from .checkpoint import rng_state, set_rng_state
+from .config import TrainConfig
 from .distributed import World
-from .errors import UserError
 from .precision import Precision
-from .train_config import TrainConfig
 
 
 @dataclass

@@ -2,7 +2,7 @@
 views (`--gpu-aug` of p1_pretrain.py) and fine-tuning's crop, flip and jitter (`--gpu-aug` of p1_finetune.py).
 
 Each image draws its own crop, flip, jitter (with its own order of the jitter steps, as torchvision's ColorJitter
-does per call), grayscale, blur sigma and solarize from the same recipe (`hw1.recipes`) as the per-image CPU path.
+does per call), grayscale, blur sigma and solarize from the same recipe (`hw1.data.recipes`) as the per-image CPU path.
 With the same parameters the output equals torchvision's per-image ops (tests/test_speed.py), except that values
 stay float between steps (torchvision rounds to uint8 after each) and the bilinear crop reads the real neighbouring
 pixel at the crop's 1-px border, where torchvision repeats the edge.
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from . import compat
-from .distributed import step_seed
+from .. import compat
+from ..train.distributed import step_seed
 from .recipes import BYOL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -289,7 +289,7 @@ def wanted(flag: bool | None, device: torch.device) -> bool:
 
 def batch_views(size: int, seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
                 recipes: tuple[ViewRecipe, ViewRecipe] = BYOL_VIEWS) -> tuple[BatchView, BatchView]:
-    """The two BYOL views (hw1.recipes.BYOL_VIEWS by default) sharing one seeded host generator."""
+    """The two BYOL views (hw1.data.recipes.BYOL_VIEWS by default) sharing one seeded host generator."""
     gen = torch.Generator().manual_seed(seed)
     v1, v2 = (BatchView(size, recipe, gen, memory_format) for recipe in recipes)
     return v1, v2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .compat import is_relative_to
+from ..compat import is_relative_to
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: the scripts stages run live here
 PY = sys.executable

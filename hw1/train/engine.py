@@ -1,5 +1,5 @@
 """The one training loop. `fit` runs a script's `Task` with AdamW + warm-up/cosine: resume, the epochs, evaluation,
-the checkpoint cadence and the `log.csv` rows. `train_one_epoch` holds the step."""
+the checkpoint cadence and the `log.csv` rows. `train_one_epoch` holds the step; `describe_model` is `--print-model`."""
 from __future__ import annotations
 
 import datetime
@@ -14,14 +14,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, io, precision, stopping, train_state
+from .. import io
+from ..errors import WARNINGS, UserError
+from . import checkpoint, precision, stopping
+from . import state as train_state
+from .config import TrainConfig
 from .distributed import World, all_reduce_sum, seed_step
-from .errors import WARNINGS, UserError
 from .loading import to_device
-from .models import describe_model
 from .precision import Precision
-from .train_config import TrainConfig
-from .train_state import TrainState
+from .state import TrainState
 
 
 @dataclass
@@ -264,3 +265,27 @@ def _write_last(state: TrainState, cfg: TrainConfig, ckpt: dict) -> None:
 def _describe(record: dict) -> str:
     parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()]
     return f"[{datetime.datetime.now():%H:%M:%S}] " + " ".join(parts)
+
+
+def describe_model(model: nn.Module) -> str:
+    """The module tree, then total and trainable parameter counts, overall and per top-level child."""
+    seen: set[int] = set()
+
+    def count(m: nn.Module, once: bool = False) -> tuple[int, int]:
+        ps = [p for p in m.parameters() if not (once and id(p) in seen)]
+        if once:
+            seen.update(id(p) for p in ps)
+        return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
+
+    total, trainable = count(model)
+    prefix, root = "", model
+    while len(children := list(root.named_children())) == 1:  # a wrapper (e.g. Classifier.net): list its parts
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}   (a part sharing "
+             "parameters with one above counts only its own)"]
+    for name, child in children:
+        n, t = count(child, once=True)
+        lines.append(f"{prefix + name:<32} {n:>14,} {t:>14,}")
+    lines += [f"{'total':<32} {total:>14,} {trainable:>14,}",
+              f"parameters: {total:,} total, {trainable:,} trainable"]
+    return "\n".join(lines) + "\n"

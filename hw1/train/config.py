@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compat, precision
-from .errors import UserError
+from .. import compat
+from ..errors import UserError
+from . import precision
 
 
 def add_common_args(

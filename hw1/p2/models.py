@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models import segmentation as tv_seg
 
-from .compat import strip_prefix
-from .errors import UserError
-from .seg_data import NUM_CLASSES
+from ..compat import strip_prefix
+from ..errors import UserError
+from .data import NUM_CLASSES
 
 # arch → (torchvision builder, its pretrained weights). resnet101 is the report's model B;
 # resnet50 and mobilenet_v3_large are lighter stand-ins for small runs and tests.

@@ -13,13 +13,14 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import cache, checkpoint, data, engine, gpu_aug, loading, precision
+from ..data import cache, folders, gpu_aug
+from ..data.recipes import byol_views, normalize_uint8
+from ..errors import UserError
+from ..train import checkpoint, engine, loading, precision
+from ..train.distributed import World
+from ..train.metrics import knn_accuracy, view_gap
 from .byol import TargetEMA, TwoViews, build_byol
-from .distributed import World
-from .errors import UserError
-from .metrics import knn_accuracy, view_gap
 from .models import backbone_state, build_resnet, pooled_features
-from .recipes import byol_views, normalize_uint8
 
 MONITOR_VIEWS = 256  # val images whose two fixed views `view_gap` compares at every evaluation
 
@@ -78,7 +79,7 @@ class KnnMonitor:
             return None
         sets = []
         for split in ("train", "val"):
-            listed = data.office_dataset(cfg.data_root, split, None)
+            listed = folders.office_dataset(cfg.data_root, split, None)
             images = cache.decoded_images(caching, listed.paths, f"office_{split}", world)
             sets.append((images.to(device), torch.tensor(listed.labels, device=device)))
         # The same two views at every evaluation (a fixed seed): the curve moves with the network only.
@@ -88,7 +89,7 @@ class KnnMonitor:
 
     def batches(self, images: torch.Tensor, labels: torch.Tensor,
                 batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) batches as `data.classify_eval_transform` makes them: resize, scale, normalise."""
+        """(images, labels) batches as `folders.classify_eval_transform` makes them: resize, scale, normalise."""
         for x, y in zip(images.split(batch_size), labels.split(batch_size)):
             if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
                 x = TF.resize(x, [self.image_size, self.image_size], antialias=True)
@@ -115,7 +116,7 @@ class Pretraining:
 
     def __init__(self, cfg: PretrainConfig, caching: cache.CacheConfig, world: World, device: torch.device) -> None:
         self.cfg, self.rank = cfg, world.rank
-        paths = data.mini_paths(cfg.data_root)
+        paths = folders.mini_paths(cfg.data_root)
         memory_format = precision.resolve(cfg.precision, device).memory_format
         self.monitor = KnnMonitor.build(cfg, caching, world, device, memory_format)
         self.views: tuple[gpu_aug.BatchView, gpu_aug.BatchView] | None = None
@@ -125,7 +126,7 @@ class Pretraining:
                 dataset = cache.uint8_images(caching, paths, "mini_train", world)
                 self.views = gpu_aug.batch_views(cfg.image_size, memory_format=memory_format, recipes=view_recipes)
             else:
-                dataset = data.ImageListDataset(paths, transform=TwoViews(cfg.image_size, view_recipes),
+                dataset = folders.ImageListDataset(paths, transform=TwoViews(cfg.image_size, view_recipes),
                                                 skip_unreadable=True)
                 dataset = cache.maybe_cached(caching, dataset, "mini_train", world)
             self.model: nn.Module = build_byol(
@@ -134,9 +135,9 @@ class Pretraining:
                 memory_format=memory_format)
             self.backbone = self.model.net
         else:
-            labels = [data.mini_label(p) for p in paths]
-            transform = data.classify_train_transform(cfg.image_size)
-            dataset = data.ImageListDataset(paths, labels, transform, skip_unreadable=True)
+            labels = [folders.mini_label(p) for p in paths]
+            transform = folders.classify_train_transform(cfg.image_size)
+            dataset = folders.ImageListDataset(paths, labels, transform, skip_unreadable=True)
             dataset = cache.maybe_cached(caching, dataset, "mini_train", world)
             self.model = build_resnet(cfg.arch, num_classes=max(labels) + 1).to(device, memory_format=memory_format)
             self.backbone = self.model

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
+from ..errors import UserError
 from .checkpoint import rng_state, set_rng_state
 from .distributed import World, mix_seed, shuffle_seed
-from .errors import UserError
 from .precision import Precision
 
 

@@ -19,20 +19,31 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import distributed, engine, io, loading, precision, train_config
-from .data import data_dir, load_rgb
-from .errors import UserError
-from .metrics import confusion_matrix, iou_from_confusion
-from .precision import Precision
-from .seg_data import (AUGMENTS, CLASS_NAMES, EVAL_CLASSES, NUM_CLASSES, SNAPSHOT_STEMS, SatMaskDataset,
-                       classes_to_rgb, collate, find_pairs, write_mask)
-from .seg_models import WEIGHTS, build_seg_model
+from .. import io
+from ..data.folders import data_dir, load_rgb
+from ..errors import UserError
+from ..train import config, distributed, engine, loading, precision
+from ..train.metrics import confusion_matrix, iou_from_confusion
+from ..train.precision import Precision
+from .data import (
+    AUGMENTS,
+    CLASS_NAMES,
+    EVAL_CLASSES,
+    NUM_CLASSES,
+    SNAPSHOT_STEMS,
+    SatMaskDataset,
+    classes_to_rgb,
+    collate,
+    find_pairs,
+    write_mask,
+)
+from .models import WEIGHTS, build_seg_model
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    """Flags both P2 training scripts take beside `train_config.add_common_args`."""
+    """Flags both P2 training scripts take beside `config.add_common_args`."""
     parser.add_argument("--weights", choices=WEIGHTS, default="default",
                         help="default: torchvision's pretrained weights (downloaded once into $TORCH_HOME); "
                              "none: random initialisation, no download (default: %(default)s)")
@@ -117,7 +128,7 @@ def write_snapshots(model: nn.Module, val_set: SatMaskDataset, out: Path, epoch:
                     device: torch.device, prec: Precision) -> None:
     """For each snapshot stem present: OUT/snapshots/<stem>_epochNNN_<tags>_mask.png and a figure
     image | ground truth | prediction beside it."""
-    from .viz import save_image_grid  # matplotlib: imported by training runs only, when a snapshot is due
+    from ..viz import save_image_grid  # matplotlib: imported by training runs only, when a snapshot is due
 
     was_training = model.training
     model.eval()
@@ -196,7 +207,7 @@ def train(args: argparse.Namespace, *, arch: str, criterion: Criterion, aux_weig
     if world.is_main:
         print(f"{arch} (weights {args.weights}): {len(train_set)} train / {len(val_set)} validation images at "
               f"{args.image_size} px, augment {args.augment}, {device}, world size {world.size}")
-    history = engine.fit(train_config.TrainConfig.from_args(args), task, loader, world, device)
+    history = engine.fit(config.TrainConfig.from_args(args), task, loader, world, device)
     if world.is_main and history:
         final = history[-1].get("miou", math.nan)
         best = max((r["miou"] for r in history if "miou" in r), default=math.nan)

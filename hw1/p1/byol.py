@@ -13,9 +13,10 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from .data import normalize
+from ..data.folders import normalize
+from ..data.recipes import BYOL_VIEWS, ViewRecipe
 from .models import build_resnet
-from .recipes import BYOL_VIEWS, ViewRecipe
+
 
 def byol_view_transform(size: int, recipe: ViewRecipe) -> T.Compose:
     """One BYOL view for one PIL image; each call draws its own crop, flip, jitter, blur, solarize."""

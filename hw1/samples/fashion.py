@@ -4,10 +4,10 @@ From the four idx files: `p1_data/mini/train/<class>_<n>.jpg` from the training 
 the names give the supervised baseline its labels), `p1_data/office/{train,val}` a disjoint labelled subset of
 the training set and validation images from the test set, with their CSVs. `--seed` draws the split, and each
 seed has its own default folder (`sample_data/fashion`, `sample_data/fashion_s<seed>`). The folder's stamp
-(`data_stamp.json`, hw1/sample_data.py) says what it holds: the same seed and sizes are reused without the idx
+(`data_stamp.json`, hw1/samples/stamps.py) says what it holds: the same seed and sizes are reused without the idx
 files; other data there is refused in one line, or with `--replace` deleted (exactly the files written here) first.
 
-    python -m hw1.fashion --out sample_data/fashion --seed 0
+    python -m hw1.samples.fashion --out sample_data/fashion --seed 0
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import io
-from .errors import UserError, run_main
-from .sample_data import P1_OWNED, begin_write, check_free, default_root, end_write, is_written
+from .. import io
+from ..errors import UserError, run_main
+from .stamps import P1_OWNED, begin_write, check_free, default_root, end_write, is_written
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -116,6 +116,7 @@ def draw_split(train_labels: np.ndarray, test_labels: np.ndarray, *, seed: int, 
 def data_stamp(seed: int, pretrain: int = SIZES["pretrain"], train_per_class: int = SIZES["train_per_class"],
                val_per_class: int = SIZES["val_per_class"]) -> dict:
     """What `write_fashion` writes, as its folder's stamp says it."""
+    # "writer": the module's name when stamps began, kept so that folders written before the move still match
     return {"writer": "hw1.fashion", "preset": "fashion", "seed": seed,
             "counts": {"pretrain": pretrain, "train_per_class": train_per_class, "val_per_class": val_per_class}}
 

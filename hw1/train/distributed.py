@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from .errors import WARNINGS, UserError
+from ..errors import WARNINGS, UserError
 from .recipes import FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")

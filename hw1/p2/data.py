@@ -13,10 +13,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from . import io
-from .data import load_rgb
-from .errors import WARNINGS, UserError
-from .recipes import normalize_uint8
+from .. import io
+from ..data.folders import load_rgb
+from ..data.recipes import normalize_uint8
+from ..errors import WARNINGS, UserError
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
 CLASS_COLOURS = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0),

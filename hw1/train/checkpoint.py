@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import io
-from .compat import strip_prefix
-from .errors import UserError
+from .. import io
+from ..compat import strip_prefix
+from ..errors import UserError
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

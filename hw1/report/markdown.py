@@ -1,8 +1,8 @@
 """Turn a reproduce.py runs folder into report/REPORT.md: tables beside the reference, figures as PNGs.
 
 Every number comes from files the stages wrote (logs, results CSVs, mean_iou.py's output, t-SNE
-scores; read by hw1/report_data.py); every figure is written or copied into the report folder
-(hw1/report_figures.py), so its links are relative. One function per section of the report.
+scores; read by hw1/report/results.py); every figure is written or copied into the report folder
+(hw1/report/figures.py), so its links are relative. One function per section of the report.
 """
 from __future__ import annotations
 
@@ -15,13 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import findings, io
-from .finetune_recipe import RECIPE_NOTES
-from .report_data import (P2_REFERENCE, SEG_CLASSES, Layout, byol_monitor, collect_results, model_summary,
-                          other_recipes, p1_accuracies, parameter_counts, parse_mean_iou, seg_arch, stage_records,
-                          tsne_scores)
-from .report_figures import Figures, class_montage, compare_runs, progress_figure
-from .settings import SETTINGS
+from .. import io
+from ..p1.finetune_recipe import RECIPE_NOTES
+from ..p1.settings import SETTINGS
+from . import findings
+from .figures import Figures, class_montage, compare_runs, progress_figure
+from .results import (
+    P2_REFERENCE,
+    SEG_CLASSES,
+    Layout,
+    byol_monitor,
+    collect_results,
+    model_summary,
+    other_recipes,
+    p1_accuracies,
+    parameter_counts,
+    parse_mean_iou,
+    seg_arch,
+    stage_records,
+    tsne_scores,
+)
 
 
 @dataclass
@@ -56,7 +69,7 @@ def header(layout: Layout, info: ReportInfo, stages: dict[str, dict]) -> list[st
     """Title, the sample-data warning, the preset's description and how it was run."""
     md = [f"# HW1 report: `python reproduce.py --preset {info.preset}`\n"]
     if info.sample_data:
-        data = info.data_note or ("the small synthetic data set that `hw1/sample_data.py` writes in the course "
+        data = info.data_note or ("the small synthetic data set that `hw1/samples/synthetic.py` writes in the course "
                                   "layout")
         md.append(f"> **Sample-data numbers, not the course's.** This run used {data}, with the small models and few "
                   "steps below, on the machine below. The *reference* columns are one student's report on the course "

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from .errors import UserError
+from ..errors import UserError
 from .models import HEADS
+
 AUGMENTS = ("crop", "trivialaugment")  # the seed's crop, flip and jitter; or TrivialAugmentWide, then those
 MIXES = ("none", "mixup", "cutmix", "mixup-cutmix")
 

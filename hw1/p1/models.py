@@ -1,5 +1,5 @@
-"""Problem 1 models: torchvision ResNet backbones, backbone files, and the Office-Home classifier; `describe_model`
-(any model) for --print-model."""
+"""Problem 1 models: torchvision ResNet backbones, backbone files, and the Office-Home classifier (linear or BN-MLP
+head, rebuilt from a checkpoint's meta)."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from .checkpoint import load_weights
-from .compat import strip_prefix
-from .errors import UserError
+from ..compat import strip_prefix
+from ..errors import UserError
+from ..train.checkpoint import load_weights
 
 ARCHS = ("resnet50", "resnet18")
 FEATURE_DIM = {"resnet50": 2048, "resnet18": 512}
@@ -141,27 +141,3 @@ def classifier_from_meta(meta: dict, path: str | os.PathLike) -> Classifier:
         raise UserError(path, f"classifier meta names head={head!r}, head_hidden={hidden!r}",
                         f"expected a head of {', '.join(HEADS)} and an integer width; re-export the checkpoint")
     return Classifier(meta["arch"], meta["num_classes"], head=head, hidden=hidden)
-
-
-def describe_model(model: nn.Module) -> str:
-    """The module tree, then total and trainable parameter counts, overall and per top-level child."""
-    seen: set[int] = set()
-
-    def count(m: nn.Module, once: bool = False) -> tuple[int, int]:
-        ps = [p for p in m.parameters() if not (once and id(p) in seen)]
-        if once:
-            seen.update(id(p) for p in ps)
-        return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
-
-    total, trainable = count(model)
-    prefix, root = "", model
-    while len(children := list(root.named_children())) == 1:  # a wrapper (e.g. Classifier.net): list its parts
-        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
-    lines = [str(model), "", f"{'module':<32} {'parameters':>14} {'trainable':>14}   (a part sharing "
-             "parameters with one above counts only its own)"]
-    for name, child in children:
-        n, t = count(child, once=True)
-        lines.append(f"{prefix + name:<32} {n:>14,} {t:>14,}")
-    lines += [f"{'total':<32} {total:>14,} {trainable:>14,}",
-              f"parameters: {total:,} total, {trainable:,} trainable"]
-    return "\n".join(lines) + "\n"
