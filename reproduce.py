@@ -41,7 +41,7 @@ from hw1.p1.finetune_recipe import RECIPES  # noqa: E402
 from hw1.report.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
 from hw1.report.markdown import Layout, ReportInfo, write_report  # noqa: E402
 from hw1.p1.settings import SETTINGS  # noqa: E402
-from hw1.report.stages import PY, Stage, cpu_seconds, log_tail, run_stage  # noqa: E402
+from hw1.report.stages import PY, Stage, cpu_seconds, log_tail, missing, run_stage  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         rec, command = records.get(stage.name, {}), stage.command()
         head = f"[{n}/{len(stages)}] {stage.name}"
         same = rec.get("command") == command
-        if (rec.get("status") == "done" and same and all(p.exists() for p in stage.outputs)
+        if (rec.get("status") == "done" and same and not missing(stage.outputs)
                 and not set(stage.needs) & set(ran_now)):
             print(f"{head}: done before, skipped")
             continue
@@ -268,16 +268,16 @@ def main(argv: list[str] | None = None) -> None:
         t0, cpu0 = time.time(), cpu_seconds()
         rc = run_stage(stage, log, args.in_process)
         seconds, cpu = round(time.time() - t0, 1), round(cpu_seconds() - cpu0, 1)
-        ok = rc == 0 and all(p.exists() for p in stage.outputs)
+        ok = rc == 0 and not missing(stage.outputs)
         records[stage.name].update(seconds=seconds, cpu_seconds=cpu, status="done" if ok else f"failed (exit {rc})",
                                    finished=datetime.datetime.now().isoformat(timespec="seconds"))
         io.write_json(layout.stages, records)
         ran_now.append(stage.name)
         print(f"{head}: {'done' if ok else 'FAILED'} in {seconds:.0f}s (log: {log})", flush=True)
         if not ok:
-            missing = [str(p) for p in stage.outputs if not p.exists()]
+            absent = missing(stage.outputs)
             print(f"--- last lines of {log}:\n{log_tail(log)}\n---", file=sys.stderr)
-            raise UserError(log, f"stage '{stage.name}' failed (exit {rc}; missing: {', '.join(missing) or 'nothing'})",
+            raise UserError(log, f"stage '{stage.name}' failed (exit {rc}; missing: {', '.join(absent) or 'nothing'})",
                             "fix the cause shown above, then run the same command again to continue")
     how = [a for a in (argv if argv is not None else sys.argv[1:])
            if a not in ("--report-only", "--in-process", "--force")]

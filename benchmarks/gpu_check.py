@@ -11,12 +11,10 @@ step whose input a failed step should have made is not started, and says so), a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import glob
 import json
-import os
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -25,9 +23,10 @@ from typing import Callable
 
 from hw1 import io
 from hw1.errors import UserError, run_main
+from hw1.report.stages import Stage, last_error_line, missing, run_stage
 
 from . import gpu_report
-from .gpu_steps import CPU, GPU, Profile, Step, prepare, steps
+from .gpu_steps import CPU, GPU, Profile, prepare, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -36,66 +35,26 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 # ---------------------------------------------------------------- running the steps
 
 
-def missing(out: Path, patterns: tuple[str, ...]) -> list[str]:
-    """The entries of `patterns` ("PATTERN" or "PATTERN=COUNT", under `out`) that the folder lacks."""
-    absent = []
-    for entry in patterns:
-        pattern, _, count = entry.partition("=")
-        found = len(glob.glob(str(out / pattern)))
-        if found < (int(count) if count else 1):
-            absent.append(f"{pattern} ({found} of {count})" if count else pattern)
-    return absent
-
-
-def last_error_line(log: Path) -> str:
-    """The line of a log that says what went wrong: the last `error:` or exception line, else the last line."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:") or "Error:" in line or "Exception:" in line:
-            return line[:200]
-    return lines[-1][:200] if lines else ""
-
-
-def _run(argv: list[str], env: dict[str, str], log: Path, timeout_s: float) -> int | None:
-    """The exit code of `argv` with its output in `log`; None when it ran past `timeout_s`. Past its time, or when
-    this process is stopped (Ctrl-C, SIGTERM), its whole process group is killed: torchrun's workers, loader
-    workers and compilers too."""
-    with open(log, "a") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def run_step(step: Step, out: Path, log: Path, timeout_s: float) -> dict:
+def run_step(stage: Stage, log: Path, timeout_s: float) -> dict:
     """Run one step, its output in `log`; its result: status, seconds, the error's last line."""
-    absent = missing(out, step.needs)
+    absent = missing(stage.inputs)
     if absent:
         return {"status": "not run", "seconds": 0.0, "error": f"input missing: {', '.join(absent)}"}
-    log.write_text(f"$ {' '.join(step.argv)}\n")
     t = time.perf_counter()
-    rc = _run(step.argv, {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}, log, timeout_s)
+    stage = dataclasses.replace(stage, env={"PYTHONUNBUFFERED": "1", **stage.env})
+    rc = run_stage(stage, log, in_process=False, timeout_s=timeout_s)
     seconds = round(time.perf_counter() - t, 1)
     if rc is None:
         return {"status": "timeout", "seconds": seconds,
                 "error": f"stopped after {timeout_s:.0f} s; last line: {last_error_line(log)}"}
     if rc:
         return {"status": "failed", "seconds": seconds, "error": f"exit {rc}: {last_error_line(log)}"}
-    problems = [f"missing {', '.join(absent)}" for absent in [missing(out, step.makes)] if absent]
-    if step.says and step.says not in log.read_text(errors="replace"):
-        problems.append(f"its output does not say {step.says!r}")
-    if step.check and not problems:
-        problems += [p for p in [step.check(out)] if p]
-    return {"status": "failed" if problems else "ok", "seconds": seconds, "error": "; ".join(problems)}
+    absent = missing(stage.outputs)
+    problem = f"missing {', '.join(absent)}" if absent else (stage.check(log) if stage.check else "")
+    return {"status": "failed" if problem else "ok", "seconds": seconds, "error": problem}
 
 
-def run_steps(todo: list[Step], out: Path, budget_s: float, only: list[str] | None = None,
+def run_steps(todo: list[Stage], out: Path, budget_s: float, only: list[str] | None = None,
               after_each: Callable[[dict], None] = lambda results: None) -> dict[str, dict]:
     """Every step in order (those in `only`, when given), each with its log in OUT/logs; a step starts only while
     `budget_s` lasts. The results by step name; `after_each` sees them after each step."""
@@ -112,7 +71,7 @@ def run_steps(todo: list[Step], out: Path, budget_s: float, only: list[str] | No
         else:
             print(f"{head}: {step.what}", flush=True)
             log = out / "logs" / f"{n:02d}_{step.name}.log"
-            result = {**run_step(step, out, log, min(step.timeout_s, left)), "log": str(log.relative_to(out))}
+            result = {**run_step(step, log, min(step.timeout_s or left, left)), "log": str(log.relative_to(out))}
         results[step.name] = result
         print(f"{head}: {result['status']} ({result['seconds']:.1f} s) {result['error']}".rstrip(), flush=True)
         after_each(results)
@@ -195,7 +154,7 @@ def check(out: Path, prof: Profile, only: list[str] | None, budget_s: float | No
         io.write_json(out / "summary.json", summary)
         io.write_text(out / "summary.md", gpu_report.render(summary, out))
 
-    stop = signal.signal(signal.SIGTERM, _interrupted)  # a step runs in its own session: _run ends it first
+    stop = signal.signal(signal.SIGTERM, _interrupted)  # a step runs in its own session: run_stage ends it first
     try:
         results = {**before, **run_steps(todo, out, budget_s, only, write)}
     finally:

@@ -2,21 +2,24 @@
 `prepare` (the device line, the tiny sample data, the timed hw1_2.sh's images and checkpoint)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from hw1 import io
 from hw1.errors import UserError
+from hw1.report.stages import Stage
 
 # The idx files (about 30 MB) a device call carries for the side by side: gpu_check.sh's header.
-FASHION_IDX = Path(__file__).resolve().parents[1] / ".data" / "fashion-mnist"
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_IDX = ROOT / ".data" / "fashion-mnist"
 # bench.py in two runs, each its own bench.json: a half cut short by the time limit leaves the other's rows
 BENCH_P1 = ("aug", "data", "loaders", "a", "b", "c", "c-compile", "mfu", "profile")
 BENCH_P2 = ("seg", "overhead")
@@ -84,135 +87,172 @@ CPU = Profile(
 
 
 @dataclass
-class Step:
-    """One command of the check, run from the repository root."""
+class Plan:
+    """Builds the check's steps at `prof`'s sizes, writing under `out`: each a `Stage` run from the repository root."""
 
-    name: str
-    what: str                       # what it checks, one line
-    argv: list[str]
-    needs: tuple[str, ...] = ()     # files an earlier step makes (under OUT)
-    makes: tuple[str, ...] = ()     # what it must leave under OUT: "PATTERN" (at least one) or "PATTERN=COUNT"
-    says: str = ""                  # text its output must hold
-    env: dict[str, str] = field(default_factory=dict)
-    timeout_s: float = 90
-    check: Callable[[Path], str] | None = None  # a further check of OUT: the problem, or ""
+    out: Path
+    prof: Profile
+    python: str = sys.executable
+
+    def step(self, name: str, what: str, argv: list[str], *, reads: tuple[str, ...] = (),
+             makes: tuple[str, ...] = (), says: str = "", env: dict[str, str] | None = None,
+             timeout_s: float | None = None, check: Callable[[Path], str] | None = None) -> Stage:
+        """A step that is not started without `reads` (files under OUT that earlier steps make), must leave `makes`
+        there ("PATTERN", at least one, or "PATTERN=COUNT"), its log must say `says`, and `check(OUT)` must pass
+        (it returns the problem, or "")."""
+        out, counts = self.out, [(pat, int(n)) for pat, _, n in (m.partition("=") for m in makes) if n]
+
+        def checks(log: Path) -> str:
+            problems = [f"{pat} ({found} of {n})" for pat, n in counts if (found := len(glob.glob(str(out / pat)))) < n]
+            if says and says not in log.read_text(errors="replace"):
+                problems.append(f"its output does not say {says!r}")
+            return "; ".join(problems) or (check(out) if check else "")
+
+        return Stage(name, argv, [out / m.partition("=")[0] for m in makes], env=dict(env or {}),
+                     inputs=[out / r for r in reads], what=what, timeout_s=timeout_s or self.prof.step_s,
+                     check=checks, cwd=ROOT)
+
+    @property
+    def common(self) -> list[str]:
+        return ["--data-root", str(self.out / "data"), "--device", self.prof.device, "--workers", self.prof.workers]
+
+    def pretrain(self, name: str, what: str, *flags: str, model: tuple[str, ...] = (), head: tuple[str, ...] = (),
+                 says: str = "", timeout_s: float | None = None) -> Stage:
+        argv = [*(head or [self.python]), "p1_pretrain.py", *self.common, *(model or self.prof.p1), *self.prof.head,
+                "--epochs", "1", "--max-steps", "2", "--out", str(self.out / "runs" / name), *flags]
+        return self.step(name, what, argv, reads=("data/p1_data",), says=says, timeout_s=timeout_s,
+                         makes=(f"runs/{name}/last.pt", f"runs/{name}/backbone_last.pt"))
+
+    def finetune(self, setting: str, name: str = "", what: str = "", recipe: tuple[str, ...] = ()) -> Stage:
+        name, runs = name or f"finetune_{setting}", self.out / "runs"
+        argv = [self.python, "p1_finetune.py", *self.common, *self.prof.p1, "--setting", setting, "--epochs", "2",
+                "--backbone", str(runs / "pretrain_gpu_aug" / "backbone_last.pt"), *recipe,
+                "--results", str(runs / "p1_results.csv"), "--out", str(runs / name)]
+        return self.step(name, what or f"fine-tuning {setting} from the BYOL backbone: first, last and best.pt", argv,
+                         reads=("runs/pretrain_gpu_aug/backbone_last.pt",),
+                         makes=tuple(f"runs/{name}/{f}.pt" for f in ("first", "last", "best")))
+
+    def segment(self, name: str, script: str, model: tuple[str, ...]) -> Stage:
+        runs = self.out / "runs"
+        argv = [self.python, script, *self.common, *model, "--epochs", "1", "--max-steps", "2",
+                "--results", str(runs / "p2_results.csv"), "--out", str(runs / name)]
+        return self.step(name, f"{script}: 2 steps, validation mIoU, last and best.pt", argv, reads=("data/p2_data",),
+                         makes=(f"runs/{name}/last.pt", f"runs/{name}/best.pt"))
+
+    def bench(self, name: str, sections: tuple[str, ...]) -> Stage:
+        argv = [self.python, "bench.py", *self.prof.bench, "--out", str(self.out / name), "--sections", *sections]
+        return self.step(name, f"bench.py --sections {' '.join(sections)}", argv, makes=(f"{name}/bench.json",),
+                         timeout_s=3 * self.prof.step_s, check=lambda o: bench_problem(o / name))
+
+    def side_by_side(self, name: str, what: str, rows: tuple[str, ...], sizes: tuple[str, ...], timeout_s: float,
+                     *flags: str) -> Stage:
+        argv = [self.python, "-m", "benchmarks.ssl_bench", "--data-root", str(self.out / self.prof.ssl_data),
+                "--out", str(self.out / name), "--device", self.prof.device, "--rows", *rows, "--seeds", "0",
+                "--arch", "resnet18", "--image-size", "32", "--time-repeats", "0", *sizes, *flags]
+        return self.step(name, what, argv, reads=(f"{self.prof.ssl_data}/p1_data",),
+                         makes=(f"{name}/ssl.md", f"{name}/ssl.png"), timeout_s=timeout_s)
 
 
-def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Step]:
+def steps(out: Path, prof: Profile, python: str = sys.executable) -> list[Stage]:
     """The check's steps in order, at `prof`'s sizes, writing under `out`."""
-    data, runs, dev, workers = out / "data", out / "runs", ["--device", prof.device], ["--workers", prof.workers]
-    common, long_s = ["--data-root", str(data), *dev, *workers], 3 * prof.step_s
+    plan = Plan(out, prof, python)
+    return [*p1_steps(plan), *p2_and_grading_steps(plan), *timed_steps(plan)]
+
+
+def p1_steps(plan: Plan) -> list[Stage]:
+    """`prepare`, then pre-training on each code path (views on the device or in the workers, --compile, fp16, a
+    resume crossing devices) and fine-tuning C and E with the seed's and the strong recipe's pieces, and t-SNE."""
+    out, prof, python = plan.out, plan.prof, plan.python
+    data, runs, workers = out / "data", out / "runs", ["--workers", prof.workers]
     launch = (python, "benchmarks/launch.py", "--compile-backend", prof.compile_backend)
-    torchrun = (python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                "benchmarks/launch.py", "--ddp")
-    backend = "nccl" if prof.device == "cuda" else "gloo"
-
-    def pretrain(name: str, what: str, *flags: str, model: tuple[str, ...] = prof.p1, head: tuple[str, ...] = (),
-                 says: str = "", timeout_s: float = prof.step_s) -> Step:
-        return Step(name, what, [*(head or [python]), "p1_pretrain.py", *common, *model, *prof.head, "--epochs", "1",
-                                 "--max-steps", "2", "--out", str(runs / name), *flags],
-                    needs=("data/p1_data",), makes=(f"runs/{name}/last.pt", f"runs/{name}/backbone_last.pt"),
-                    says=says, timeout_s=timeout_s)
-
-    def finetune(setting: str, name: str = "", what: str = "", recipe: tuple[str, ...] = ()) -> Step:
-        name = name or f"finetune_{setting}"
-        return Step(name, what or f"fine-tuning {setting} from the BYOL backbone: first, last and best.pt",
-                    [python, "p1_finetune.py", *common, *prof.p1, "--setting", setting, "--epochs", "2",
-                     "--backbone", str(runs / "pretrain_gpu_aug" / "backbone_last.pt"), *recipe,
-                     "--results", str(runs / "p1_results.csv"), "--out", str(runs / name)],
-                    needs=("runs/pretrain_gpu_aug/backbone_last.pt",),
-                    makes=tuple(f"runs/{name}/{f}.pt" for f in ("first", "last", "best")),
-                    timeout_s=prof.step_s)
-
-    def segment(name: str, script: str, model: tuple[str, ...]) -> Step:
-        return Step(name, f"{script}: 2 steps, validation mIoU, last and best.pt",
-                    [python, script, *common, *model, "--epochs", "1", "--max-steps", "2",
-                     "--results", str(runs / "p2_results.csv"), "--out", str(runs / name)],
-                    needs=("data/p2_data",), makes=(f"runs/{name}/last.pt", f"runs/{name}/best.pt"),
-                    timeout_s=prof.step_s)
-
-    def bench(name: str, sections: tuple[str, ...]) -> Step:
-        return Step(name, f"bench.py --sections {' '.join(sections)}",
-                    [python, "bench.py", *prof.bench, "--out", str(out / name), "--sections", *sections],
-                    makes=(f"{name}/bench.json",), timeout_s=long_s, check=lambda o: bench_problem(o / name))
-
-    def side_by_side(name: str, what: str, rows: tuple[str, ...], sizes: tuple[str, ...], timeout_s: float,
-                     *flags: str) -> Step:
-        return Step(name, what, [python, "-m", "benchmarks.ssl_bench", "--data-root", str(out / prof.ssl_data),
-                                 "--out", str(out / name), *dev, "--rows", *rows, "--seeds", "0", "--arch", "resnet18",
-                                 "--image-size", "32", "--time-repeats", "0", *sizes, *flags],
-                    needs=(f"{prof.ssl_data}/p1_data",), makes=(f"{name}/ssl.md", f"{name}/ssl.png"),
-                    timeout_s=timeout_s)
-
-    resume, office = runs / "resume", data / "p1_data" / "office"
     # --cpu: the resumed half takes the GPU's code path on the CPU (bf16 autocast, channels_last parameters)
     resumed_as = ["--precision", "bf16"] if prof.device == "cpu" else []
+    return [
+        plan.step("prepare", "the device and packages; tiny sample data; images and a checkpoint for the timed "
+                  "hw1_2.sh",
+                  [python, "-m", "benchmarks.gpu_check", "prepare", str(out), "--device", prof.device,
+                   "--timed-images", str(prof.timed_images), "--timed-px", str(prof.timed_px), "--timed-arch",
+                   prof.timed_model[0], "--timed-size", str(prof.timed_model[1]),
+                   *(["--fashion"] if prof.ssl_data == "fashion" else [])],
+                  makes=("env.json", "data/p1_data", "data/p2_data", "timed/p2_random.pt",
+                         f"timed/images/*_sat.jpg={prof.timed_images}", f"{prof.ssl_data}/p1_data")),
+        plan.pretrain("pretrain_gpu_aug", "BYOL, views batched on the device (--gpu-aug), kNN monitor", "--gpu-aug"),
+        plan.pretrain("pretrain_cpu_aug", "BYOL, views per image in the loader workers (--no-gpu-aug)",
+                      "--no-gpu-aug"),
+        plan.pretrain("pretrain_compile", f"BYOL with --compile ({prof.compile_backend})", "--gpu-aug", "--compile",
+                      model=prof.compiled, head=launch, timeout_s=3 * prof.step_s),
+        plan.pretrain("pretrain_fp16", "BYOL with --precision fp16 (gradient scaler)", "--gpu-aug", "--precision",
+                      "fp16"),
+        plan.step("resume_write_cpu", "a last.pt written on the CPU, stopped after 2 of 12 steps",
+                  [python, "p1_pretrain.py", "--data-root", str(data), "--device", "cpu", *workers, *prof.small,
+                   *prof.head, "--gpu-aug", "--epochs", "2", "--max-steps", "2", "--out", str(runs / "resume")],
+                  reads=("data/p1_data",), makes=("runs/resume/last.pt",)),
+        plan.step("resume_on_device", "that last.pt resumed " + ("on CUDA" if prof.device == "cuda" else
+                                                                  "in the GPU's code path (bf16, channels_last)"),
+                  [python, "p1_pretrain.py", *plan.common, *prof.small, *prof.head, "--gpu-aug", *resumed_as,
+                   "--epochs", "2", "--max-steps", "4", "--out", str(runs / "resume"), "--resume"],
+                  reads=("runs/resume/last.pt",), makes=("runs/resume/backbone_last.pt",), says="resumed from"),
+        plan.finetune("C"),
+        plan.finetune("E"),
+        plan.finetune("C", "finetune_C_pieces", "fine-tuning C with every strong-recipe piece: per-image "
+                      "TrivialAugmentWide on the device, mixup/CutMix, label smoothing, the EMA, a lower backbone lr",
+                      ("--augment", "trivialaugment", "--mix", "mixup-cutmix", "--label-smoothing", "0.1",
+                       "--ema-decay", "0.99", "--backbone-lr-scale", "0.1")),
+        plan.finetune("E", "finetune_E_strong", "fine-tuning E --recipe strong: the BN-MLP head on the frozen backbone",
+                      ("--recipe", "strong")),
+        plan.step("tsne", "t-SNE of fine-tuning C's first and last epoch",
+                  [python, "p1_tsne.py", *plan.common, "--checkpoints", str(runs / "finetune_C" / "first.pt"),
+                   str(runs / "finetune_C" / "last.pt"), "--perplexity", "5", "--out", str(runs / "tsne")],
+                  reads=("runs/finetune_C/first.pt", "runs/finetune_C/last.pt"),
+                  makes=("runs/tsne/tsne_scores.json",)),
+    ]
+
+
+def p2_and_grading_steps(plan: Plan) -> list[Stage]:
+    """Both segmentation scripts, the two grading scripts on their best.pt, and pre-training as a DDP run."""
+    out, prof, python = plan.out, plan.prof, plan.python
+    runs, office = out / "runs", out / "data" / "p1_data" / "office"
+    backend = "nccl" if prof.device == "cuda" else "gloo"
+    torchrun = (python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                "benchmarks/launch.py", "--ddp")
+    return [
+        plan.segment("seg_fcn32s", "p2_train_fcn32.py", prof.fcn32s),
+        plan.segment("seg_deeplab", "p2_train_deeplab.py", prof.deeplab),
+        plan.step("hw1_1", "hw1_1.sh on Office-Home val with fine-tuning C's best.pt",
+                  ["bash", "hw1_1.sh", str(office / "val.csv"), str(office / "val"), str(runs / "hw1_1" / "pred.csv")],
+                  env={"P1_CHECKPOINT": str(runs / "finetune_C" / "best.pt")},
+                  reads=("runs/finetune_C/best.pt",), makes=("runs/hw1_1/pred.csv",)),
+        plan.step("hw1_2", "hw1_2.sh on the validation images with the DeepLabV3 run's best.pt",
+                  ["bash", "hw1_2.sh", str(out / "data" / "p2_data" / "validation"), str(runs / "hw1_2")],
+                  env={"P2_CHECKPOINT": str(runs / "seg_deeplab" / "best.pt")},
+                  reads=("runs/seg_deeplab/best.pt",), makes=("runs/hw1_2/*_mask.png=6",)),
+        plan.pretrain("torchrun_ddp", f"torchrun --nproc_per_node 1 pre-training as a one-rank DDP run ({backend})",
+                      "--gpu-aug", model=prof.small, head=torchrun, says=f"backend {backend}"),
+    ]
+
+
+def timed_steps(plan: Plan) -> list[Stage]:
+    """hw1_2.sh timed, bench.py, reproduce.py --preset tiny, and last, in what the budget leaves, the SSL side by
+    side at a GPU's scale (BENCHMARKS.md)."""
+    out, prof, python = plan.out, plan.prof, plan.python
     timed_model = f"{prof.timed_model[0]} at {prof.timed_model[1]} px"
     return [
-        Step("prepare", "the device and packages; tiny sample data; images and a checkpoint for the timed hw1_2.sh",
-             [python, "-m", "benchmarks.gpu_check", "prepare", str(out), *dev, "--timed-images",
-              str(prof.timed_images), "--timed-px", str(prof.timed_px), "--timed-arch", prof.timed_model[0],
-              "--timed-size", str(prof.timed_model[1]), *(["--fashion"] if prof.ssl_data == "fashion" else [])],
-             makes=("env.json", "data/p1_data", "data/p2_data", "timed/p2_random.pt",
-                    f"timed/images/*_sat.jpg={prof.timed_images}", f"{prof.ssl_data}/p1_data"),
-             timeout_s=prof.step_s),
-        pretrain("pretrain_gpu_aug", "BYOL, views batched on the device (--gpu-aug), kNN monitor", "--gpu-aug"),
-        pretrain("pretrain_cpu_aug", "BYOL, views per image in the loader workers (--no-gpu-aug)", "--no-gpu-aug"),
-        pretrain("pretrain_compile", f"BYOL with --compile ({prof.compile_backend})", "--gpu-aug", "--compile",
-                 model=prof.compiled, head=launch, timeout_s=long_s),
-        pretrain("pretrain_fp16", "BYOL with --precision fp16 (gradient scaler)", "--gpu-aug", "--precision", "fp16"),
-        Step("resume_write_cpu", "a last.pt written on the CPU, stopped after 2 of 12 steps",
-             [python, "p1_pretrain.py", "--data-root", str(data), "--device", "cpu", *workers, *prof.small,
-              *prof.head, "--gpu-aug", "--epochs", "2", "--max-steps", "2", "--out", str(resume)],
-             needs=("data/p1_data",), makes=("runs/resume/last.pt",), timeout_s=prof.step_s),
-        Step("resume_on_device", "that last.pt resumed " + ("on CUDA" if prof.device == "cuda" else
-                                                             "in the GPU's code path (bf16, channels_last)"),
-             [python, "p1_pretrain.py", *common, *prof.small, *prof.head, "--gpu-aug", *resumed_as,
-              "--epochs", "2", "--max-steps", "4", "--out", str(resume), "--resume"],
-             needs=("runs/resume/last.pt",), makes=("runs/resume/backbone_last.pt",), says="resumed from",
-             timeout_s=prof.step_s),
-        finetune("C"),
-        finetune("E"),
-        finetune("C", "finetune_C_pieces", "fine-tuning C with every strong-recipe piece: per-image TrivialAugmentWide "
-                 "on the device, mixup/CutMix, label smoothing, the EMA, a lower backbone lr",
-                 ("--augment", "trivialaugment", "--mix", "mixup-cutmix", "--label-smoothing", "0.1", "--ema-decay",
-                  "0.99", "--backbone-lr-scale", "0.1")),
-        finetune("E", "finetune_E_strong", "fine-tuning E --recipe strong: the BN-MLP head on the frozen backbone",
-                 ("--recipe", "strong")),
-        Step("tsne", "t-SNE of fine-tuning C's first and last epoch",
-             [python, "p1_tsne.py", *common, "--checkpoints", str(runs / "finetune_C" / "first.pt"),
-              str(runs / "finetune_C" / "last.pt"), "--perplexity", "5", "--out", str(runs / "tsne")],
-             needs=("runs/finetune_C/first.pt", "runs/finetune_C/last.pt"), makes=("runs/tsne/tsne_scores.json",),
-             timeout_s=prof.step_s),
-        segment("seg_fcn32s", "p2_train_fcn32.py", prof.fcn32s),
-        segment("seg_deeplab", "p2_train_deeplab.py", prof.deeplab),
-        Step("hw1_1", "hw1_1.sh on Office-Home val with fine-tuning C's best.pt",
-             ["bash", "hw1_1.sh", str(office / "val.csv"), str(office / "val"), str(runs / "hw1_1" / "pred.csv")],
-             env={"P1_CHECKPOINT": str(runs / "finetune_C" / "best.pt")},
-             needs=("runs/finetune_C/best.pt",), makes=("runs/hw1_1/pred.csv",), timeout_s=prof.step_s),
-        Step("hw1_2", "hw1_2.sh on the validation images with the DeepLabV3 run's best.pt",
-             ["bash", "hw1_2.sh", str(data / "p2_data" / "validation"), str(runs / "hw1_2")],
-             env={"P2_CHECKPOINT": str(runs / "seg_deeplab" / "best.pt")},
-             needs=("runs/seg_deeplab/best.pt",), makes=("runs/hw1_2/*_mask.png=6",), timeout_s=prof.step_s),
-        pretrain("torchrun_ddp", f"torchrun --nproc_per_node 1 pre-training as a one-rank DDP run ({backend})",
-                 "--gpu-aug", model=prof.small, head=torchrun, says=f"backend {backend}"),
-        Step("hw1_2_timed", f"hw1_2.sh on {prof.timed_images} images of {prof.timed_px} px, {timed_model}, timed",
-             ["bash", "hw1_2.sh", str(out / "timed" / "images"), str(runs / "hw1_2_timed")],
-             env={"P2_CHECKPOINT": str(out / "timed" / "p2_random.pt")}, needs=("timed/p2_random.pt",),
-             makes=(f"runs/hw1_2_timed/*_mask.png={prof.timed_images}",), timeout_s=prof.step_s),
-        bench("bench_p1", BENCH_P1),
-        bench("bench_p2", BENCH_P2),
-        # last: the scripts above again, at tiny sizes (the least news per second when the budget runs short)
-        Step("reproduce_tiny", "reproduce.py --preset tiny: every stage, the report",
-             [python, "reproduce.py", "--preset", "tiny", *dev, "--in-process", "--data-root",
-              str(out / "reproduce" / "data"), "--runs", str(out / "reproduce" / "runs"),
-              "--report", str(out / "reproduce" / "report")],
-             makes=("reproduce/report/REPORT.md", "reproduce/report/results.json"), timeout_s=long_s),
-        # last, in what the budget leaves: the open SSL question at a GPU's scale (BENCHMARKS.md, side by side)
-        side_by_side("ssl", "BYOL side by side, equal (batched) views: ours against byol-pytorch, ResNet18 at 32 px",
-                     ("equal-batched",), prof.ssl, prof.ssl_s[0]),
-        side_by_side("ssl_small_stem", "the same, ours only, on the 32 px field's stem (3x3 stride 1, no max-pool)",
-                     ("ours-batched",), prof.ssl_small, prof.ssl_s[1], "--stem", "small"),
+        plan.step("hw1_2_timed", f"hw1_2.sh on {prof.timed_images} images of {prof.timed_px} px, {timed_model}, timed",
+                  ["bash", "hw1_2.sh", str(out / "timed" / "images"), str(out / "runs" / "hw1_2_timed")],
+                  env={"P2_CHECKPOINT": str(out / "timed" / "p2_random.pt")}, reads=("timed/p2_random.pt",),
+                  makes=(f"runs/hw1_2_timed/*_mask.png={prof.timed_images}",)),
+        plan.bench("bench_p1", BENCH_P1),
+        plan.bench("bench_p2", BENCH_P2),
+        # the scripts above again, at tiny sizes (the least news per second when the budget runs short)
+        plan.step("reproduce_tiny", "reproduce.py --preset tiny: every stage, the report",
+                  [python, "reproduce.py", "--preset", "tiny", "--device", prof.device, "--in-process", "--data-root",
+                   str(out / "reproduce" / "data"), "--runs", str(out / "reproduce" / "runs"),
+                   "--report", str(out / "reproduce" / "report")],
+                  makes=("reproduce/report/REPORT.md", "reproduce/report/results.json"), timeout_s=3 * prof.step_s),
+        plan.side_by_side("ssl", "BYOL side by side, equal (batched) views: ours against byol-pytorch, ResNet18 at "
+                          "32 px", ("equal-batched",), prof.ssl, prof.ssl_s[0]),
+        plan.side_by_side("ssl_small_stem", "the same, ours only, on the 32 px field's stem (3x3 stride 1, no "
+                          "max-pool)", ("ours-batched",), prof.ssl_small, prof.ssl_s[1], "--stem", "small"),
     ]
 
 

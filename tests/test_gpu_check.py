@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from benchmarks import gpu_check, gpu_report, gpu_steps
-from benchmarks.gpu_steps import CPU, GPU, Profile, Step
+from benchmarks.gpu_steps import CPU, GPU, Plan, Profile
 from hw1.errors import UserError
+from hw1.report.stages import Stage, last_error_line, missing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,12 +56,12 @@ def test_every_step_runs_a_script_with_flags_it_takes(prof: Profile, tmp_path: P
 @pytest.mark.parametrize("prof", [GPU, CPU], ids=["gpu", "cpu"])
 def test_each_input_is_made_by_an_earlier_step_and_read_by_its_command(prof: Profile,
                                                                        tmp_path: Path) -> None:
-    made: set[str] = set()
+    made: set[Path] = set()
     for step in gpu_steps.steps(tmp_path, prof):
-        assert set(step.needs) <= made, (step.name, set(step.needs) - made)
-        made |= {m.partition("=")[0] for m in step.makes}
+        assert set(step.inputs) <= made, (step.name, set(step.inputs) - made)
+        made |= set(step.outputs)
         given = [a for a in [*step.argv, *step.env.values()] if a.startswith(str(tmp_path))]
-        for need in (str(tmp_path / n) for n in step.needs):
+        for need in map(str, step.inputs):
             assert any(need.startswith(a) or a.startswith(need) for a in given), (step.name, need)
 
 
@@ -76,20 +77,17 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-FAKE = [
-    Step("prepare", "writes a file", py("import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x')") + ["OUT/a"],
-         makes=("a",)),
-    Step("breaks", "fails with one error line", py("import sys; print('error: x.pt: broken — fix it'); sys.exit(3)"),
-         makes=("b",)),
-    Step("after_the_failure", "needs what `breaks` should have made", py("pass"), needs=("b",)),
-    Step("independent", "still runs", py("print('all good')"), says="all good"),
-    Step("hw1_2_timed", "says too little", py("print('something')"), says="resumed from"),
-]
-
-
-def fake_steps(out: Path, prof: Profile) -> list[Step]:
-    return [Step(s.name, s.what, [a.replace("OUT", str(out)) for a in s.argv], s.needs, s.makes, s.says)
-            for s in FAKE]
+def fake_steps(out: Path, prof: Profile) -> list[Stage]:
+    plan = Plan(out, prof)
+    return [
+        plan.step("prepare", "writes a file", py("import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x')")
+                  + [str(out / "a")], makes=("a",)),
+        plan.step("breaks", "fails with one error line",
+                  py("import sys; print('error: x.pt: broken — fix it'); sys.exit(3)"), makes=("b",)),
+        plan.step("after_the_failure", "needs what `breaks` should have made", py("pass"), reads=("b",)),
+        plan.step("independent", "still runs", py("print('all good')"), says="all good"),
+        plan.step("hw1_2_timed", "says too little", py("print('something')"), says="resumed from"),
+    ]
 
 
 @pytest.fixture
@@ -115,7 +113,7 @@ def test_a_failed_step_leaves_the_others_running_and_the_exit_status_non_zero(be
         "prepare": "ok", "breaks": "failed", "after_the_failure": "not run", "independent": "ok",
         "hw1_2_timed": "failed"}
     assert results["breaks"]["error"] == "exit 3: error: x.pt: broken — fix it"
-    assert results["after_the_failure"]["error"] == "input missing: b"
+    assert results["after_the_failure"]["error"] == f"input missing: {out / 'b'}"
     assert results["hw1_2_timed"]["error"] == "its output does not say 'resumed from'"
     assert "all good" in (out / results["independent"]["log"]).read_text()
     md = (out / "summary.md").read_text()
@@ -164,7 +162,7 @@ def test_a_step_past_its_limit_is_killed_with_its_children(tmp_path: Path) -> No
     child = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
              "print('started', flush=True); time.sleep(60)")
     t = time.perf_counter()
-    result = gpu_check.run_step(Step("slow", "sleeps", py(child)), tmp_path, tmp_path / "slow.log", timeout_s=3)
+    result = gpu_check.run_step(Stage("slow", py(child), [], what="sleeps"), tmp_path / "slow.log", timeout_s=3)
     assert result["status"] == "timeout" and time.perf_counter() - t < 15
     assert result["error"].startswith("stopped after 3 s; last line: ")
     time.sleep(0.2)
@@ -181,12 +179,16 @@ def test_a_spent_budget_starts_no_step(tmp_path: Path) -> None:
 def test_missing_counts_and_the_error_line(tmp_path: Path) -> None:
     for i in range(3):
         (tmp_path / f"{i}_mask.png").touch()
-    assert gpu_check.missing(tmp_path, ("*_mask.png=3", "*_mask.png")) == []
-    assert gpu_check.missing(tmp_path, ("*_mask.png=4", "x.pt")) == ["*_mask.png (3 of 4)", "x.pt"]
     log = tmp_path / "log"
+    log.write_text("done\n")
+    plan = Plan(tmp_path, CPU)
+    assert plan.step("three", "", [], makes=("*_mask.png=3", "*_mask.png")).check(log) == ""
+    four = plan.step("four", "", [], makes=("*_mask.png=4", "x.pt"), says="resumed from")
+    assert four.check(log) == "*_mask.png (3 of 4); its output does not say 'resumed from'"
+    assert missing(four.outputs) == [str(tmp_path / "x.pt")] and missing([tmp_path / "*_mask.png"]) == []
     log.write_text("epoch 1/1:  50%|█\repoch 1/1: 100%|██\nTraceback (most recent call last):\n  File x\n"
                    "RuntimeError: CUDA error: out of memory\nwarning: later\n")
-    assert gpu_check.last_error_line(log) == "RuntimeError: CUDA error: out of memory"
+    assert last_error_line(log) == "RuntimeError: CUDA error: out of memory"
 
 
 def test_the_summary_shows_the_bench_rows_and_the_timed_grading(tmp_path: Path) -> None:
@@ -254,7 +256,7 @@ def test_the_side_by_side_comes_last_and_apply_puts_its_curves_in(tmp_path: Path
     gpu, cpu = gpu_steps.steps(tmp_path, GPU), gpu_steps.steps(tmp_path, CPU)
     assert [s.name for s in gpu][-2:] == ["ssl", "ssl_small_stem"]
     assert "--fashion" in gpu[0].argv and "--fashion" not in cpu[0].argv
-    assert gpu[-2].needs == ("fashion/p1_data",) and cpu[-2].needs == ("data/p1_data",)
+    assert gpu[-2].inputs == [tmp_path / "fashion/p1_data"] and cpu[-2].inputs == [tmp_path / "data/p1_data"]
     assert "equal-batched" in gpu[-2].argv and gpu[-1].argv[-2:] == ["--stem", "small"]
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text(f"top\n{gpu_report.BEGIN}\n{gpu_report.END}\n{gpu_report.SSL_BEGIN}\nold\n"

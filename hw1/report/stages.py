@@ -1,11 +1,15 @@
-"""One stage of reproduce.py: its command, and running it with its output in a log file.
+"""One stage of reproduce.py or of the GPU check (benchmarks/gpu_check.sh): its command, and running it with its
+output in a log file.
 
 A stage runs as a subprocess (SIGTERM passed on, so training saves a checkpoint), or for the tests
-inside this interpreter; its stdout can be kept as a file, renamed into place only on success.
+inside this interpreter; its stdout can be kept as a file, renamed into place only on success. A stage with a time
+limit runs in its own session: past the limit, or when the runner is stopped, it is killed with every process it
+started (torchrun's workers, loader workers, compilers).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import runpy
 import shlex
@@ -15,7 +19,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, Sequence, TextIO
 
 from ..compat import is_relative_to
 
@@ -34,6 +38,11 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     stdout_file: Path | None = None      # keep the command's stdout as a file (mean_iou.py's table)
     needs: list[str] = field(default_factory=list)  # earlier stages whose outputs it reads: it re-runs after them
+    inputs: list[Path] = field(default_factory=list)  # files it reads that an earlier stage makes: not run without
+    what: str = ""                       # one line: what it shows (the GPU check's summary)
+    timeout_s: float | None = None       # past it, killed with every process it started
+    check: Callable[[Path], str] | None = None  # after exit 0, a further check given its log: the problem, or ""
+    cwd: Path | None = None              # where it runs (default: here)
 
     def command(self) -> str:
         """The command as a person would type it (python, paths relative to the repo when they can be)."""
@@ -48,18 +57,24 @@ def _short(word: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_absolute() and is_relative_to(p, ROOT) else word
 
 
-def run_stage(stage: Stage, log: Path, in_process: bool) -> int:
-    """Run one stage with its output in `log` (stdout in `stage.stdout_file` when set); returns the exit code."""
+def missing(paths: Sequence[Path]) -> list[str]:
+    """The outputs that are not there: a path, or a glob pattern with no match."""
+    return [str(p) for p in paths if not (glob.glob(str(p)) if any(c in str(p) for c in "*?[") else p.exists())]
+
+
+def run_stage(stage: Stage, log: Path, in_process: bool, timeout_s: float | None = None) -> int | None:
+    """Run one stage with its output in `log` (stdout in `stage.stdout_file` when set); returns the exit code, or
+    None when it ran past `timeout_s` (default: its own limit)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as log_f:
         log_f.write(f"$ {stage.command()}\n")
         log_f.flush()
         if stage.stdout_file is None:
-            return _run(stage, log_f, log_f, in_process)
+            return _run(stage, log_f, log_f, in_process, timeout_s or stage.timeout_s)
         tmp = stage.stdout_file.with_name(f".{stage.stdout_file.name}.tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as out_f:
-            rc = _run(stage, out_f, log_f, in_process)
+            rc = _run(stage, out_f, log_f, in_process, timeout_s or stage.timeout_s)
         if rc == 0:  # renamed only on success: never a half-made output
             os.replace(tmp, stage.stdout_file)
         else:
@@ -67,10 +82,21 @@ def run_stage(stage: Stage, log: Path, in_process: bool) -> int:
         return rc
 
 
-def _run(stage: Stage, stdout_f: TextIO, stderr_f: TextIO, in_process: bool) -> int:
-    if in_process and stage.argv[0] == PY:
+def _run(stage: Stage, stdout_f: TextIO, stderr_f: TextIO, in_process: bool, limit: float | None) -> int | None:
+    if in_process and stage.argv[0] == PY and limit is None:
         return _run_in_process(stage, stdout_f, stderr_f)
-    proc = subprocess.Popen(stage.argv, stdout=stdout_f, stderr=stderr_f, env={**os.environ, **stage.env})
+    proc = subprocess.Popen(stage.argv, stdout=stdout_f, stderr=stderr_f, cwd=stage.cwd,
+                            env={**os.environ, **stage.env}, stdin=subprocess.DEVNULL if limit else None,
+                            start_new_session=limit is not None)
+    if limit is not None:  # its own session: past its time, or when the runner stops, its whole group is killed
+        try:
+            return proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     # SIGTERM (a job scheduler, `kill`) goes on to the stage, which saves a checkpoint and exits; its
     # non-zero exit then stops this run, and the next one resumes it.
     old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
@@ -110,6 +136,15 @@ def cpu_seconds() -> float:
     by other programs sharing the machine."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def last_error_line(log: Path) -> str:
+    """The line of a log that says what went wrong: the last `error:` or exception line, else the last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:") or "Error:" in line or "Exception:" in line:
+            return line[:200]
+    return lines[-1][:200] if lines else ""
 
 
 def log_tail(path: Path, n: int = 15) -> str:
