@@ -14,7 +14,7 @@
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl byol-pytorch==0.9.1 beartype==0.23.1
 #   mkdir -p .data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
-# then one call of the device tool's run, carry [".whl", ".data"], timeout_s 600 (the check keeps to 560 s):
+# then one 10-minute call on the GPU machine, carrying .whl and .data along, timeout 600 s (the check keeps to 560 s):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
 #   bash benchmarks/gpu_check.sh /tmp/gc; cp /tmp/gc/summary.md /tmp/gc/summary.json /tmp/gc/logs.tar.gz "$OUT"/;
 #   for d in ssl ssl_small_stem; do mkdir -p "$OUT/$d"; cp -r /tmp/gc/$d/curves "$OUT/$d"/; done

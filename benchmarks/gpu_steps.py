@@ -27,7 +27,7 @@ BENCH_P2 = ("seg", "overhead")
 
 @dataclass(frozen=True)
 class Profile:
-    """The sizes of a run: `GPU` fits the device tool's 10-minute call (from BENCHMARKS.md's estimates); `CPU` is
+    """The sizes of a run: `GPU` fits a 10-minute call on a GPU machine (from BENCHMARKS.md's estimates); `CPU` is
     the tests' tiny data, a check of this script."""
 
     device: str

@@ -15,7 +15,7 @@ off. The rows (`ROWS`):
 
 Each row is scored by the project's kNN monitor (`pretraining.KnnMonitor`: Office-Home-layout train → val) at step 0
 and every --eval-every steps. A row's curve is saved as it finishes (OUT/curves/ROW-seedS.json) and a saved one is
-not run again, so the rows may span sessions; images/s is the median, min and max of --time-repeats timed runs of
+not run again, so the rows may span several runs; images/s is the median, min and max of --time-repeats timed runs of
 --time-steps steps (OUT/timing/ROW.json). OUT/ssl.json, ssl.md and ssl.png gather what is saved.
 
     python -m hw1.samples.fashion --out sample_data/fashion --seed 0
