@@ -51,3 +51,41 @@ def test_unstamped_or_another_presets_folder_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"holds other data \(preset sample, seed 0, mini_per_class 20"):
         synthetic.write_sample_data(root, preset="tiny")
     assert counts(root) == TINY
+
+
+def test_a_runs_folder_from_before_the_move_skips_its_stamped_data_and_every_stage_after(tmp_path, monkeypatch):
+    """stages.json recorded the data stage as `python -m hw1.sample_data …` before hw1/samples/ existed: the folder's
+    stamp says the same data is written, so neither it nor the stages that read it run again."""
+    import json
+    import shutil
+
+    import reproduce
+
+    ran: list[str] = []
+
+    def fake_stage(stage, log, in_process):
+        ran.append(stage.name)
+        for out in stage.outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("") if out.suffix else out.mkdir(exist_ok=True)
+        return 0
+
+    monkeypatch.setattr(reproduce, "run_stage", fake_stage)
+    monkeypatch.setattr(reproduce, "write_report", lambda layout, report, info: Path(report) / "REPORT.md")
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    argv = ["--preset", "tiny", "--runs", str(runs), "--data-root", str(data)]
+    synthetic.write_sample_data(data, preset="tiny")
+    reproduce.main(argv)
+    assert ran and "sample data" not in ran  # the stamp says the data is there: it is not written again
+    records = json.loads((runs / "stages.json").read_text())
+    for rec in records.values():
+        rec["status"] = "done"
+    records["sample data"] = {"command": f"python -m hw1.sample_data --out {data} --preset tiny --seed 0",
+                              "status": "done"}
+    io.write_json(runs / "stages.json", records)
+    ran.clear()
+    reproduce.main(argv)
+    assert ran == []
+    shutil.rmtree(data)  # no data: the data stage runs, and every stage reading it after it
+    reproduce.main(argv)
+    assert ran[0] == "sample data" and len(ran) == len(records)
