@@ -42,8 +42,8 @@ import torch
 
 from benchmarks.run import environment, run_sections
 from benchmarks.table import markdown
-from hw1.train import distributed, precision
 from hw1 import io
+from hw1.train import distributed, precision
 
 # The sections themselves live in benchmarks/, one module per thing measured; this file parses and writes.
 SECTIONS = ("aug", "data", "loaders", "a", "b", "c", "c-compile", "mfu", "seg", "hw12", "profile", "overhead")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hw1.train import checkpoint
 from hw1.errors import run_main
+from hw1.train import checkpoint
 
 
 def get_args_parser() -> argparse.ArgumentParser:

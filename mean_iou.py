@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from hw1.errors import WARNINGS, UserError, run_main
-from hw1.train.metrics import confusion_matrix, iou_from_confusion
 from hw1.p2.data import EVAL_CLASSES, MASK_SUFFIX, NUM_CLASSES, read_mask
+from hw1.train.metrics import confusion_matrix, iou_from_confusion
 
 
 def mask_files(folder: str) -> dict[str, Path]:

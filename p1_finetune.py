@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from hw1.data import cache, folders, gpu_aug
-from hw1.train import config, distributed, engine, loading, precision
-from hw1.p1 import finetune_recipe
 from hw1 import io
-from hw1.errors import UserError, run_main
-from hw1.p1.models import ARCHS, Classifier, load_backbone_into
+from hw1.data import cache, folders, gpu_aug
 from hw1.data.recipes import FINETUNE_VIEW
+from hw1.errors import UserError, run_main
+from hw1.p1 import finetune_recipe
+from hw1.p1.models import ARCHS, Classifier, load_backbone_into
 from hw1.p1.settings import SETTINGS
+from hw1.train import config, distributed, engine, loading, precision
 
 OUR_BACKBONE = "runs/pretrain/backbone_last.pt"  # p1_pretrain.py's default --out
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from hw1.train import checkpoint, distributed, loading, precision
-from hw1.data import folders
 from hw1 import io
+from hw1.data import folders
 from hw1.errors import UserError, run_main
 from hw1.p1.models import ARCHS, Classifier, classifier_from_meta, guess_arch
+from hw1.train import checkpoint, distributed, loading, precision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_classifier.pt"
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from hw1.data import cache, gpu_aug
-from hw1.train import config, distributed, engine
 from hw1.errors import run_main
 from hw1.p1.models import ARCHS
 from hw1.p1.pretraining import PretrainConfig, Pretraining
+from hw1.train import config, distributed, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,12 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from hw1.train import checkpoint, distributed, loading, precision
-from hw1.data import folders
 from hw1 import io, viz
+from hw1.data import folders
 from hw1.errors import UserError, run_main
-from hw1.train.metrics import knn_accuracy
 from hw1.p1.models import Classifier, classifier_from_meta
+from hw1.train import checkpoint, distributed, loading, precision
+from hw1.train.metrics import knn_accuracy
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hw1.train import checkpoint, distributed, loading, precision
 from hw1 import io
 from hw1.errors import run_main
 from hw1.p2.data import MASK_SUFFIX, SatMaskDataset, collate, find_pairs, write_mask
 from hw1.p2.models import model_from_checkpoint
 from hw1.p2.training import predict_classes
+from hw1.train import checkpoint, distributed, loading, precision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p2_deeplab.pt"
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw1.data import folders
-from hw1.train import distributed, precision
 from hw1 import io, viz
 from hw1.compat import strip_suffix
+from hw1.data import folders
 from hw1.errors import UserError, run_main
+from hw1.train import distributed, precision
 
 REPORT_STEMS = ("0013", "0062", "0104")
 CHECKPOINT_URLS = {

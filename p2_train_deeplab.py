@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import functools
 
-from hw1.p2 import training
-from hw1.train import config
 from hw1.errors import run_main
-from hw1.p2.losses import focal_loss
+from hw1.p2 import training
 from hw1.p2.data import IGNORE_INDEX
+from hw1.p2.losses import focal_loss
 from hw1.p2.models import DEEPLAB
+from hw1.train import config
 
 EPOCHS = 30  # see the docstring
 

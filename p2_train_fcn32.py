@@ -18,11 +18,11 @@ import functools
 
 import torch.nn.functional as F
 
-from hw1.p2 import training
-from hw1.train import config
 from hw1.errors import run_main
+from hw1.p2 import training
 from hw1.p2.data import IGNORE_INDEX
 from hw1.p2.models import FC_WIDTH, VGGS
+from hw1.train import config
 
 EPOCHS = 40  # see the docstring
 

@@ -34,14 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from hw1.samples import fashion, stamps, synthetic  # noqa: E402
 from hw1 import io  # noqa: E402
 from hw1.errors import UserError, run_main  # noqa: E402
 from hw1.p1.finetune_recipe import RECIPES  # noqa: E402
-from hw1.report.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
-from hw1.report.markdown import Layout, ReportInfo, write_report  # noqa: E402
 from hw1.p1.settings import SETTINGS  # noqa: E402
+from hw1.report.markdown import Layout, ReportInfo, write_report  # noqa: E402
+from hw1.report.presets import GIVEN_BACKBONE, MODEL_TREES, PRESETS, finetune_flags, shared_with_seed  # noqa: E402
 from hw1.report.stages import PY, Stage, cpu_seconds, log_tail, missing, run_stage  # noqa: E402
+from hw1.samples import fashion, stamps, synthetic  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from hw1.data import folders
-from hw1.train import distributed, loading
-from hw1.p1.byol import byol_view_transform
 from hw1.data.gpu_aug import BatchView, batch_views
 from hw1.data.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
+from hw1.p1.byol import byol_view_transform
+from hw1.train import distributed, loading
 
 from .common import make_images, rate, sync, timed_steps
 

@@ -270,10 +270,10 @@ def prepare(out: Path, device: str, timed_images: int, timed_px: int, timed_arch
     """The device line and packages (OUT/env.json), the tiny sample data (OUT/data), for the timed hw1_2.sh
     `timed_images` satellite images of `timed_px` (distinct images, repeated) and a random-weight checkpoint; with
     `fashion`, the Fashion-MNIST preset's data (OUT/fashion) from the idx files carried in FASHION_IDX."""
-    from hw1.train import checkpoint
-    from hw1.samples.synthetic import write_sample_data
     from hw1.p2.data import NUM_CLASSES, write_p2_sample
     from hw1.p2.models import build_seg_model
+    from hw1.samples.synthetic import write_sample_data
+    from hw1.train import checkpoint
 
     env = environment(device)
     io.write_json(out / "env.json", env)

@@ -9,9 +9,9 @@ from typing import Callable
 
 import torch
 
-from hw1.train import checkpoint, distributed, loading
 from hw1.data import folders
 from hw1.p1.pretraining import KnnMonitor
+from hw1.train import checkpoint, distributed, loading
 
 from .common import make_images, sync
 

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hw1 import io  # noqa: E402
+from hw1.p1.settings import SETTINGS  # noqa: E402
 from hw1.report.presets import PRESETS, finetune_flags  # noqa: E402
 from hw1.report.results import Layout  # noqa: E402
-from hw1.p1.settings import SETTINGS  # noqa: E402
 
 FULL, FROZEN = ("A", "B", "C"), ("D", "E", "E0")
 # variant → (its flags, the settings it applies to); "seed" is the baseline every other is compared with

@@ -33,16 +33,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
 import torch
 from torch import nn
 
-from hw1.data import cache, folders
-from hw1.train import config, distributed, engine
 from hw1 import io
-from hw1.p1.byol import SelectView, TargetEMA, build_byol
+from hw1.data import cache, folders
 from hw1.errors import UserError, run_main
+from hw1.p1.byol import SelectView, TargetEMA, build_byol
 from hw1.p1.models import build_resnet
 from hw1.p1.pretraining import PretrainConfig, Pretraining
+from hw1.train import config, distributed, engine
 
 from . import byol_reference
 from .common import sync

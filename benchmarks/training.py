@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from hw1.data import folders
-from hw1.train import config, distributed, engine
 from hw1.data.gpu_aug import batch_views
+from hw1.train import config, distributed, engine
 
 from . import byol_reference
 from .common import PeakMemory, pretrain_args, rate, sync, timed_steps
@@ -136,8 +136,9 @@ def count_step_flops(cfg: argparse.Namespace, device: torch.device) -> float:
 
 def profile_step(cfg: argparse.Namespace, device: torch.device) -> dict:
     """torch.profiler over one step of (c): top ops, and the step's share in each phase."""
-    import p1_pretrain
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
+
+    import p1_pretrain
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as out:

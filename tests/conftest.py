@@ -113,9 +113,9 @@ def p1_supervised_backbone(tiny_data: Path, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained DeepLabV3-MobileNetV3 checkpoint at 32 px, with the meta p2_train_deeplab.py writes."""
-    from hw1.train import checkpoint
     from hw1.p2.data import NUM_CLASSES
     from hw1.p2.models import build_seg_model
+    from hw1.train import checkpoint
 
     arch = "deeplabv3_mobilenet_v3_large"
     path = tmp_path_factory.mktemp("seg_checkpoint") / "seg.pt"

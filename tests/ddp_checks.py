@@ -17,9 +17,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw1.train import distributed, stopping  # noqa: E402
-from hw1.p1.byol import GlobalBatchNorm1d, build_byol  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
+from hw1.p1.byol import GlobalBatchNorm1d, build_byol  # noqa: E402
+from hw1.train import distributed, stopping  # noqa: E402
 
 
 def check_global_batchnorm(rank: int, world: int) -> None:

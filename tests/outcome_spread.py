@@ -29,8 +29,9 @@ def rows(out: Path) -> list[dict]:
 
 def finetune_a(data: Path, out: Path, seed: int, *extra: str) -> dict:
     """conftest.p1_classifier → test_p1_finetune.test_setting_a_learns_well_above_chance."""
-    import p1_finetune
     from conftest import P1_LEARN_EPOCHS, P1_SMALL
+
+    import p1_finetune
 
     p1_finetune.main(["--setting", "A", "--data-root", str(data), "--out", str(out), *P1_SMALL, "--device", "cpu",
                       "--batch-size", "32", "--epochs", str(P1_LEARN_EPOCHS), "--lr", "2e-3", "--seed", str(seed),
@@ -43,14 +44,14 @@ def finetune_a(data: Path, out: Path, seed: int, *extra: str) -> dict:
 def byol(data: Path, out: Path, seed: int) -> dict:
     """test_p1_pretrain.byol_run → test_byol_reduces_its_loss, test_byol_makes_two_views_… (the view gap)."""
     import numpy as np
+    from conftest import P1_SMALL
     from PIL import Image
+    from test_p1_pretrain import _resnet18
 
     import p1_pretrain
-    from conftest import P1_SMALL
     from hw1.data.gpu_aug import batch_views
-    from hw1.train.metrics import view_gap
     from hw1.samples.synthetic import write_p1
-    from test_p1_pretrain import _resnet18
+    from hw1.train.metrics import view_gap
 
     root = out / "data"
     write_p1(root, mini_per_class=3, office_train_per_class=3, office_val_per_class=4, size=64)  # as byol_run does
@@ -82,11 +83,12 @@ def byol(data: Path, out: Path, seed: int) -> dict:
 
 def deeplab(data: Path, out: Path, seed: int) -> dict:
     """test_p2_train_infer.run_dir → test_short_training_raises_validation_miou_well_above_untrained."""
+    from test_p2_train_infer import ARCH, CPU, RECALIBRATE, SHORT_RUN, SIZE
+
     import p2_train_deeplab
     from hw1.p2.data import SatMaskDataset, collate, find_pairs
     from hw1.p2.models import build_seg_model
     from hw1.p2.training import evaluate_miou, recalibrate_batchnorm
-    from test_p2_train_infer import ARCH, CPU, RECALIBRATE, SHORT_RUN, SIZE
 
     p2_train_deeplab.main(["--data-root", str(data), "--out", str(out), "--results", str(out / "results.csv"), *CPU,
                            *SHORT_RUN, "--seed", str(seed)])

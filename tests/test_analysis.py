@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from hw1.train import checkpoint, engine
 from hw1 import io, viz
 from hw1.data.folders import NUM_OFFICE_CLASSES
 from hw1.errors import run_main
 from hw1.p1.models import Classifier
+from hw1.train import checkpoint, engine
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 import reproduce
-from hw1.train import engine
 from hw1 import io, viz
-from hw1.report.markdown import P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
-from hw1.p2.data import write_mask
 from hw1.p1.settings import SETTINGS
+from hw1.p2.data import write_mask
+from hw1.report.markdown import P2_REFERENCE, SEG_CLASSES, Layout, ReportInfo, image_links, write_report
+from hw1.train import engine
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

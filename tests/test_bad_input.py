@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from robust_helpers import PYTHON, ROOT, one_thread, run, small_p1_root, small_p2_root
 
 import p1_finetune
 import p1_inference
@@ -25,7 +26,6 @@ import p2_train_fcn32
 from hw1.errors import run_main
 from hw1.p1.models import backbone_state, build_resnet
 from hw1.p2.data import CLASS_COLOURS
-from robust_helpers import PYTHON, ROOT, one_thread, run, small_p1_root, small_p2_root
 
 TRAIN = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
          "--epochs", "1", "--max-steps", "1"]

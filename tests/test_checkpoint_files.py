@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import export_checkpoint
-from hw1.train import checkpoint
 from hw1.errors import UserError, run_main
+from hw1.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the course's environment lacks (SPEC §9) or grading must never need.

@@ -13,12 +13,12 @@ from torch import nn
 
 import p1_pretrain
 from hw1.data import cache
-from hw1.train import distributed, optim
 from hw1.data.cache import CacheConfig
-from hw1.train.distributed import World
 from hw1.errors import UserError
-from hw1.train.loading import EpochSampler
 from hw1.p1.pretraining import KnnMonitor, PretrainConfig
+from hw1.train import distributed, optim
+from hw1.train.distributed import World
+from hw1.train.loading import EpochSampler
 
 
 def test_optimizer_state_restored_into_channels_last_parameters_takes_their_layout() -> None:

@@ -19,14 +19,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fixture_dir
+from robust_helpers import (
+    PYTHON,
+    ROOT,
+    assert_same_run,
+    max_abs_diff,
+    model_state,
+    one_thread,
+    run,
+    small_p1_root,
+    small_p2_root,
+)
 
 import p1_finetune
-from conftest import fixture_dir
+from hw1.p1.models import backbone_state, build_resnet
 from hw1.train.distributed import World
 from hw1.train.loading import EpochSampler
-from hw1.p1.models import backbone_state, build_resnet
-from robust_helpers import (PYTHON, ROOT, assert_same_run, max_abs_diff, model_state, one_thread, run, small_p1_root,
-                            small_p2_root)
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SMALL = ["--image-size", "32", "--workers", "0", "--device", "cpu", "--seed", "1"]

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 import reproduce
-from hw1.samples import fashion, stamps
 from hw1 import io
 from hw1.errors import UserError, run_main
 from hw1.report.results import Layout
+from hw1.samples import fashion, stamps
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,21 +18,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import P1_SMALL, drop_checkpoints, fixture_dir
 from torchvision.transforms import v2
 
 import p1_finetune
 import p1_inference
 import reproduce
-from hw1.train import checkpoint, engine, optim, precision, state as train_state
-from hw1.data import folders as data
-from hw1.p1 import finetune_recipe
 from hw1 import io
+from hw1.data import folders as data
 from hw1.errors import UserError, run_main
+from hw1.p1 import finetune_recipe
 from hw1.p1.finetune_recipe import RECIPES, FinetuneRecipe
 from hw1.p1.models import Classifier
-from hw1.report.presets import PRESETS, shared_with_seed
 from hw1.report.markdown import Layout, write_report
-from conftest import P1_SMALL, drop_checkpoints, fixture_dir
+from hw1.report.presets import PRESETS, shared_with_seed
+from hw1.train import checkpoint, engine, optim, precision
+from hw1.train import state as train_state
 
 
 def finetune_argv(root: Path, out: Path, setting: str, backbone: Path | None, *extra: str) -> list[str]:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import P1_LEARN_EPOCHS, P1_SMALL
+from robust_helpers import small_p1_root
 
 import p1_finetune
 import reproduce
-from conftest import P1_LEARN_EPOCHS, P1_SMALL
 from hw1.data import gpu_aug
-from hw1.p1.models import load_backbone_file
 from hw1.data.recipes import FINETUNE_VIEW
-from robust_helpers import small_p1_root
+from hw1.p1.models import load_backbone_file
 
 SETTINGS = ("A", "B", "C", "D", "E", "E0")
 # Val accuracy after the fixture's 10 epochs, 3x chance (1/65). Measured over seeds 0-4 x 1 and 2 threads

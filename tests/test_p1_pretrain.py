@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
 from PIL import Image
+from robust_helpers import small_p1_root
 from torchvision.transforms import v2 as T
 
 import p1_pretrain
-from conftest import P1_SMALL, V2_PARAMS_METHOD, fixture_dir
-from hw1.train import checkpoint, distributed, engine, loading
-from hw1.data import folders
 from hw1 import io
+from hw1.data import folders
+from hw1.data.gpu_aug import batch_views
+from hw1.errors import UserError
 from hw1.p1 import pretraining
 from hw1.p1.byol import SelectView, TwoViews
-from hw1.errors import UserError
-from hw1.data.gpu_aug import batch_views
-from hw1.train.metrics import knn_accuracy, view_gap
 from hw1.p1.pretraining import PretrainConfig
 from hw1.samples.synthetic import write_p1
-from robust_helpers import small_p1_root
+from hw1.train import checkpoint, distributed, engine, loading
+from hw1.train.metrics import knn_accuracy, view_gap
 
 BATCH = 8
 

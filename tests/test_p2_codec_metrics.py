@@ -9,9 +9,17 @@ from PIL import Image
 
 import mean_iou
 from hw1.errors import WARNINGS, run_main
+from hw1.p2.data import (
+    CLASS_COLOURS,
+    Pair,
+    SatMaskDataset,
+    classes_to_rgb,
+    joint_augment,
+    read_mask,
+    rgb_to_classes,
+    write_mask,
+)
 from hw1.p2.losses import focal_loss
-from hw1.p2.data import (CLASS_COLOURS, SatMaskDataset, Pair, classes_to_rgb, joint_augment, read_mask,
-                          rgb_to_classes, write_mask)
 
 
 def test_all_seven_colours_round_trip(tmp_path):

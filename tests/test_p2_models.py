@@ -71,8 +71,8 @@ def test_pretrained_deeplab_gets_fresh_7_class_heads(tmp_path, monkeypatch):
 @torch.no_grad()
 def test_narrow_fcn32s_checkpoint_rebuilds_its_own_width(tmp_path):
     """--fc-width is recorded in the checkpoint's meta, so inference rebuilds exactly the trained model."""
-    from hw1.train import checkpoint
     from hw1.p2.models import model_from_checkpoint
+    from hw1.train import checkpoint
 
     torch.manual_seed(0)
     model = build_seg_model("fcn32s", "none", fc_width=16).eval()
@@ -95,10 +95,10 @@ def test_narrow_fcn32s_cannot_take_vgg16_weights():
 def test_vgg16_bn_fcn32s_round_trips_through_its_checkpoint_and_inference(tmp_path):
     """--vgg vgg16_bn is recorded in the meta like --fc-width: p2_inference.py rebuilds the batch-norm encoder."""
     import p2_inference
-    from hw1.train import checkpoint
     from hw1 import io
     from hw1.p2.data import SatMaskDataset, find_pairs, read_mask
     from hw1.p2.models import model_from_checkpoint
+    from hw1.train import checkpoint
 
     torch.manual_seed(0)
     model = build_seg_model("fcn32s", "none", fc_width=16, vgg="vgg16_bn").eval()

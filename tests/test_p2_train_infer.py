@@ -11,20 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_dir
 from PIL import Image
+from robust_helpers import small_p2_root
 
 import mean_iou
 import p2_inference
 import p2_train_deeplab
 import p2_train_fcn32
-from conftest import fixture_dir
-from hw1.train import checkpoint
 from hw1 import io
 from hw1.errors import run_main
 from hw1.p2.data import CLASS_COLOURS, CLASS_NAMES, SNAPSHOT_STEMS, SatMaskDataset, collate, find_pairs
 from hw1.p2.models import build_seg_model
 from hw1.p2.training import evaluate_miou, recalibrate_batchnorm
-from robust_helpers import small_p2_root
+from hw1.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--weights", "none", "--workers", "0", "--device", "cpu"]

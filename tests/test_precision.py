@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import P1_SMALL
+from robust_helpers import small_p1_root, small_p2_root
 
 import p1_finetune
 import p1_inference
 import p1_pretrain
 import p2_inference
-from conftest import P1_SMALL
-from hw1.train import precision
 from hw1.data.gpu_aug import BatchView, apply_view
 from hw1.data.recipes import BYOL_VIEWS
-from robust_helpers import small_p1_root, small_p2_root
+from hw1.train import precision
 
 CPU = ["--device", "cpu"]
 STEPS = ["--epochs", "1", "--max-steps", "2"]

@@ -21,16 +21,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import drop_checkpoints, fixture_dir
 from PIL import Image
+from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
 
 import p1_finetune
 import p1_pretrain
 import p2_inference
-from conftest import drop_checkpoints, fixture_dir
-from hw1.train import checkpoint, distributed, loading
 from hw1 import io
 from hw1.errors import UserError, run_main
-from robust_helpers import ENV, PYTHON, ROOT, assert_same_run, max_abs_diff, one_thread, run, small_p1_root
+from hw1.train import checkpoint, distributed, loading
 
 COMMON = ["--arch", "resnet18", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
           "--seed", "3"]

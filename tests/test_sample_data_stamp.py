@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hw1 import io
-from hw1.samples import stamps, synthetic
 from hw1.errors import UserError, run_main
+from hw1.samples import stamps, synthetic
 
 # The tiny preset's files: 64 x 3 Mini-ImageNet, 65 x 3 and 65 x 1 Office-Home, 32 and 6 satellite images with masks.
 TINY = {"p1_data/mini/train": 192, "p1_data/office/train": 195, "p1_data/office/val": 65, "p2_data/train": 64,

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from conftest import V2_PARAMS_METHOD
 from PIL import Image
 
-from conftest import V2_PARAMS_METHOD
 from hw1.data import cache
-from hw1.p1.byol import TwoViews
 from hw1.data.folders import classify_train_transform, load_rgb
 from hw1.data.gpu_aug import BatchView, ViewParams, apply_view, batch_views, sample_view
 from hw1.data.recipes import BYOL_VIEWS, FINETUNE_VIEW, IMAGENET_MEAN, IMAGENET_STD
+from hw1.p1.byol import TwoViews
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(IMAGENET_MEAN).view(-1, 3, 1, 1)

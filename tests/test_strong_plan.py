@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 import reproduce
-from hw1.p1 import finetune_recipe
 from hw1 import io
-from hw1.report.presets import PRESETS, finetune_flags, shared_with_seed
-from hw1.report.markdown import Layout, write_report
+from hw1.p1 import finetune_recipe
 from hw1.p1.settings import SETTINGS
+from hw1.report.markdown import Layout, write_report
+from hw1.report.presets import PRESETS, finetune_flags, shared_with_seed
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
