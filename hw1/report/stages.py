@@ -29,7 +29,8 @@ PY = sys.executable
 
 @dataclass
 class Stage:
-    """One step: a command, the files that show it is done, and (for training) its run folder."""
+    """One stage of reproduce.py or step of the GPU check: a command, the files that show it is done, and (for
+    training) its run folder."""
 
     name: str
     argv: list[str]
