@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -88,17 +89,19 @@ def plan(args: argparse.Namespace, layout: Layout) -> list[Stage]:
 
 
 def data_stage(args: argparse.Namespace, preset: dict) -> Stage | None:
-    """The stage that writes the preset's data (None: the course data, which nothing writes)."""
-    data = Path(args.data_root)
+    """The stage that writes the preset's data (None: the course data, which nothing writes). It is done when the
+    folder's stamp says this data is written, whatever command wrote it (`-m hw1.sample_data` before hw1/samples/)."""
+    data, written = Path(args.data_root), data_write(args, preset)
+    if written is None:
+        return None
+    done = functools.partial(stamps.is_written, data, written[0])
     if preset["sample_data"] == "fashion":  # real images: the split is drawn by the seed, as training is
         return Stage("Fashion-MNIST data",
                      [PY, "-m", "hw1.samples.fashion", "--out", str(data), "--seed", str(args.seed)],
-                     [data / "p1_data" / "office" / "val.csv"])
-    if preset["sample_data"]:
-        return Stage("sample data", [PY, "-m", "hw1.samples.synthetic", "--out", str(data),
-                                     "--preset", preset["sample_data"], "--seed", str(args.seed)],
-                     [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"])
-    return None
+                     [data / "p1_data" / "office" / "val.csv"], done=done)
+    return Stage("sample data", [PY, "-m", "hw1.samples.synthetic", "--out", str(data),
+                                 "--preset", preset["sample_data"], "--seed", str(args.seed)],
+                 [data / "p1_data" / "office" / "val.csv", data / "p2_data" / "validation"], done=done)
 
 
 def data_write(args: argparse.Namespace, preset: dict) -> tuple[dict, tuple[str, ...]] | None:
@@ -230,6 +233,14 @@ def check_inputs(args: argparse.Namespace, preset: dict) -> None:
                         "and pass its path")
 
 
+def done_before(stage: Stage, rec: dict, command: str, ran_now: list[str]) -> bool:
+    """Whether a stage is skipped: its work says for itself that it is there (`Stage.done`), or it finished with this
+    command, its outputs are there and no stage it reads from ran again in this run."""
+    return bool(stage.done and stage.done()) or (
+        rec.get("status") == "done" and rec.get("command") == command and not missing(stage.outputs)
+        and not set(stage.needs) & set(ran_now))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     preset = PRESETS[args.preset]
@@ -252,10 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         rec, command = records.get(stage.name, {}), stage.command()
         head = f"[{n}/{len(stages)}] {stage.name}"
         same = rec.get("command") == command
-        # the data's own stamp says it is written, whatever command wrote it (`-m hw1.sample_data` before hw1/samples/)
-        data_written = n == 1 and written is not None and stamps.is_written(args.data_root, written[0])
-        if data_written or (rec.get("status") == "done" and same and not missing(stage.outputs)
-                            and not set(stage.needs) & set(ran_now)):
+        if done_before(stage, rec, command, ran_now):
             print(f"{head}: done before, skipped")
             continue
         if stage.run_dir is not None and stage.run_dir.exists():

@@ -123,3 +123,22 @@ def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "task": "segment", "arch": arch, "num_classes": NUM_CLASSES, "image_size": 32, "weights": "none",
         "aux": False}})
     return path
+
+
+@pytest.fixture
+def stages_ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """reproduce.py's stages faked: each writes its outputs (a file, or a folder when it has no suffix) and succeeds;
+    the names of the stages run, in order."""
+    import reproduce
+
+    ran: list[str] = []
+
+    def fake_stage(stage: reproduce.Stage, log: Path, in_process: bool) -> int:
+        ran.append(stage.name)
+        for out in stage.outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("") if out.suffix else out.mkdir(exist_ok=True)
+        return 0
+
+    monkeypatch.setattr(reproduce, "run_stage", fake_stage)
+    return ran

@@ -53,7 +53,8 @@ def test_unstamped_or_another_presets_folder_is_refused(tmp_path):
     assert counts(root) == TINY
 
 
-def test_a_runs_folder_from_before_the_move_skips_its_stamped_data_and_every_stage_after(tmp_path, monkeypatch):
+def test_a_runs_folder_from_before_the_move_skips_its_stamped_data_and_every_stage_after(tmp_path, monkeypatch,
+                                                                                         stages_ran):
     """stages.json recorded the data stage as `python -m hw1.sample_data …` before hw1/samples/ existed: the folder's
     stamp says the same data is written, so neither it nor the stages that read it run again."""
     import json
@@ -61,16 +62,7 @@ def test_a_runs_folder_from_before_the_move_skips_its_stamped_data_and_every_sta
 
     import reproduce
 
-    ran: list[str] = []
-
-    def fake_stage(stage, log, in_process):
-        ran.append(stage.name)
-        for out in stage.outputs:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("") if out.suffix else out.mkdir(exist_ok=True)
-        return 0
-
-    monkeypatch.setattr(reproduce, "run_stage", fake_stage)
+    ran = stages_ran
     monkeypatch.setattr(reproduce, "write_report", lambda layout, report, info: Path(report) / "REPORT.md")
     runs, data = tmp_path / "runs", tmp_path / "data"
     argv = ["--preset", "tiny", "--runs", str(runs), "--data-root", str(data)]

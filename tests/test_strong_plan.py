@@ -38,19 +38,11 @@ def test_a_setting_is_shared_only_where_the_run_would_be_the_seeds(monkeypatch: 
 
 def test_strong_alone_runs_the_seeds_a_to_c_once_and_a_seed_run_then_skips_them(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch,
-                                                                              capsys: pytest.CaptureFixture) -> None:
+                                                                              capsys: pytest.CaptureFixture,
+                                                                              stages_ran: list[str]) -> None:
     """Fake stages (each writes its outputs): strong first runs A–C and the t-SNE under the seed's names; seed then
     runs only its probes; strong again runs nothing."""
-    ran: list[str] = []
-
-    def fake_stage(stage: reproduce.Stage, log: Path, in_process: bool) -> int:
-        ran.append(stage.name)
-        for out in stage.outputs:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("") if out.suffix else out.mkdir(exist_ok=True)
-        return 0
-
-    monkeypatch.setattr(reproduce, "run_stage", fake_stage)
+    ran = stages_ran
     monkeypatch.setattr(reproduce, "check_inputs", lambda args, preset: None)  # no data to check: nothing reads it
     layouts: list[Layout] = []
     monkeypatch.setattr(reproduce, "write_report",

@@ -44,6 +44,7 @@ class Stage:
     timeout_s: float | None = None       # past it, killed with every process it started
     check: Callable[[Path], str] | None = None  # after exit 0, a further check given its log: the problem, or ""
     cwd: Path | None = None              # where it runs (default: here)
+    done: Callable[[], bool] | None = None  # its work says for itself that it is there (a data folder's stamp)
 
     def command(self) -> str:
         """The command as a person would type it (python, paths relative to the repo when they can be)."""
@@ -87,7 +88,7 @@ def _run(stage: Stage, stdout_f: TextIO, stderr_f: TextIO, in_process: bool, lim
     if in_process and stage.argv[0] == PY and limit is None:
         return _run_in_process(stage, stdout_f, stderr_f)
     proc = subprocess.Popen(stage.argv, stdout=stdout_f, stderr=stderr_f, cwd=stage.cwd,
-                            env={**os.environ, **stage.env}, stdin=subprocess.DEVNULL if limit else None,
+                            env={**os.environ, **stage.env}, stdin=subprocess.DEVNULL if limit is not None else None,
                             start_new_session=limit is not None)
     if limit is not None:  # its own session: past its time, or when the runner stops, its whole group is killed
         try:
